@@ -1,0 +1,57 @@
+"""Seeding, device choice and argument checking shared by every module."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and PyTorch's random number generators (CPU and CUDA).
+
+    Returns a fresh ``torch.Generator`` seeded with ``seed`` for code (data loaders, data
+    generators) that wants its own stream without touching the global one.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device the course runs on: CUDA when available, else the CPU.
+
+    ``prefer`` may force ``"cpu"`` or ``"cuda"``; ``"cuda"`` without a GPU raises ``ValueError``.
+    The environment variable ``COURSE_DEVICE`` does the same for a whole session.
+    """
+    choice = prefer if prefer is not None else os.environ.get("COURSE_DEVICE") or None
+    if choice is None or choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check_choice("device", choice, ("auto", "cpu", "cuda"))
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available; use 'cpu'")
+    return torch.device(choice)
+
+
+def check_choice(what: str, value: object, valid: Iterable[object]) -> None:
+    """Raise ``ValueError`` naming the valid options when ``value`` is not one of them."""
+    valid = list(valid)
+    if value not in valid:
+        shown = ", ".join(repr(v) for v in valid)
+        raise ValueError(f"unknown {what} {value!r}; valid: {shown}")
+
+
+def check_positive_int(what: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` as an int, or raise ``ValueError`` if it is not an integer >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
