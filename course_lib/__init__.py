@@ -8,6 +8,7 @@ The notebooks import this package so that they can stay about ideas:
 - :mod:`course_lib.instrument`: per-layer gradient and activation statistics through hooks.
 - :mod:`course_lib.train`: a small training loop with recording, clipping and a NaN guard.
 - :mod:`course_lib.plots`: gradient-flow plots, heat maps, histograms, training curves.
+- :func:`course_lib.diagnose`: one forward/backward pass, a report of what is wrong and what to do.
 
 Only :func:`seed_everything` and :func:`get_device` live at the top level; the submodules are
 imported lazily so that ``import course_lib`` stays cheap.
@@ -20,10 +21,20 @@ from typing import Any
 
 from course_lib.core import get_device, seed_everything
 
-__all__ = ["seed_everything", "get_device", "data", "models", "instrument", "train", "plots"]
+__all__ = ["seed_everything", "get_device", "diagnose", "data", "models", "instrument", "train",
+           "plots"]
 __version__ = "0.1.0"
 
-_SUBMODULES = {"data", "models", "instrument", "train", "plots"}
+_SUBMODULES = {"data", "models", "instrument", "train", "plots", "widgets", "diagnosis",
+               "convnets", "recurrent", "rl"}
+
+
+def diagnose(model: Any, x: Any, y: Any, loss_fn: Any = None) -> Any:
+    """Diagnose gradient problems of any ``nn.Module`` on one batch: see
+    :func:`course_lib.diagnosis.diagnose`."""
+    from course_lib.diagnosis import diagnose as _diagnose
+
+    return _diagnose(model, x, y, loss_fn=loss_fn)
 
 
 def __getattr__(name: str) -> Any:
