@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+GRADE  := $(BIN)/python -m course_lib.grading
+LESSONS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: setup lab test bench clean
+.PHONY: setup lab test student release autograde grades feedback clean
 
 setup: $(STAMP)
 
@@ -16,11 +18,31 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
-lab: setup
-	$(BIN)/jupyter lab notebooks/00_welcome.ipynb
+# The learner's copy: every lesson with its exercise solutions replaced by stubs (nbgrader).
+student/.built: $(STAMP) $(LESSONS)
+	$(GRADE) release
+	@touch $@
+
+student: student/.built
+
+lab: setup student
+	$(BIN)/jupyter lab student/00_welcome.ipynb
 
 test: setup
 	$(BIN)/python -m pytest
 
+# --- For instructors (see README) -------------------------------------------------------------
+release: student
+
+autograde: setup
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=path/to/submitted [ROSTER=roster.csv]"; exit 2; }
+	$(GRADE) autograde "$(SUBMISSIONS)" $(if $(ROSTER),--roster "$(ROSTER)")
+
+grades: setup
+	$(GRADE) export --to course/grades.csv
+
+feedback: setup
+	$(GRADE) feedback
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info student course

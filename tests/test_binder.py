@@ -41,9 +41,10 @@ def test_binder_runtime_and_postbuild():
     assert (ROOT / "binder/runtime.txt").read_text().strip() == "python-3.11"
     post = ROOT / "binder/postBuild"
     assert os.access(post, os.X_OK) and "pip install" in post.read_text()
+    assert "course_lib.grading release" in post.read_text(), "Binder must build the student version"
 
 
 def test_readme_badge_opens_lesson_00_in_jupyterlab():
     readme = (ROOT / "README.md").read_text()
     badge = re.search(r"\(https://mybinder\.org/v2/gh/[^)]*\)", readme)
-    assert badge and "urlpath=lab" in badge.group(0) and "00_welcome.ipynb" in badge.group(0)
+    assert badge and "urlpath=lab/tree/student/00_welcome.ipynb" in badge.group(0)
