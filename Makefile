@@ -46,3 +46,8 @@ feedback: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info student course
+
+# --- For maintainers ----------------------------------------------------------------------------
+.PHONY: bench
+bench: setup
+	$(BIN)/python tools/bench.py

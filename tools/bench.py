@@ -1,0 +1,201 @@
+"""Benchmark the course on this machine: `make bench`.
+
+Measures, and writes as Markdown and JSON (``bench/results.md``, ``bench/results.json``):
+
+- every lesson's wall time for a full top-to-bottom execution in a fresh kernel, and the
+  kernel's peak resident memory (``VmHWM`` of the kernel process);
+- the whole course's total;
+- ``make test``'s wall time (skip with ``--skip-tests``);
+- course_lib's recording overhead: training steps per second of the same 10-layer MLP on the same
+  data with ``fit(record=True)`` and ``fit(record=False)``, interleaved in one run, as a ratio;
+- the time ``import course_lib`` adds beyond importing torch.
+
+Exits non-zero when a target is missed, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {
+    "lesson_seconds": 90.0,
+    "lesson_peak_gb": 1.5,
+    "course_minutes": 15.0,
+    "record_overhead": 1.15,
+    "import_seconds": 1.0,
+}
+
+
+def _peak_rss_gb(pid: int) -> float:
+    """Peak resident set size of a live process (Linux ``VmHWM``), in GB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+def run_notebook(path: Path, timeout: int = 600) -> dict:
+    """Execute a notebook in a fresh kernel; return its wall time and the kernel's peak RSS."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(str(path), as_version=4)
+    peak: dict[str, float] = {}
+
+    def on_cell_executed(**kwargs: object) -> None:  # VmHWM only grows: the last read is the peak
+        pid = client.km.provisioner.process.pid
+        peak["gb"] = _peak_rss_gb(pid)
+
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_executed=on_cell_executed)
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except Exception as err:  # report and go on with the other lessons
+        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200] if str(err).strip() else ''}"
+    return {"seconds": time.perf_counter() - start, "peak_gb": peak.get("gb", float("nan")),
+            "error": error}
+
+
+def recording_overhead(repeats: int = 5, epochs: int = 3) -> dict:
+    """Steps/s of fit() with and without recording, same model and data, interleaved."""
+    import torch
+
+    from course_lib import seed_everything
+    from course_lib.data import load_digits, make_loader
+    from course_lib.models import mlp
+    from course_lib.train import fit
+
+    x, y = load_digits()
+    steps = epochs * len(make_loader(x, y, 64))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(repeats + 1):
+        for record in (False, True):
+            seed_everything(0)
+            model = mlp(64, 10, depth=10, width=128, activation="relu", init="kaiming_normal")
+            start = time.perf_counter()
+            fit(model, make_loader(x, y, 64, seed=rep), epochs, lr=0.01, record=record, progress=False)
+            if rep > 0:  # the first round warms up
+                times[record].append(time.perf_counter() - start)
+    bare, rec = statistics.median(times[False]), statistics.median(times[True])
+    return {"model": "mlp(64, 10, depth=10, width=128), batch 64, digits", "threads": torch.get_num_threads(),
+            "bare_steps_per_s": steps / bare, "recorded_steps_per_s": steps / rec, "ratio": rec / bare}
+
+
+def import_overhead(modules: str = "course_lib", repeats: int = 5) -> float:
+    """Median seconds that importing ``modules`` adds after ``import torch`` (fresh interpreters)."""
+    code = (f"import time, torch; t = time.perf_counter(); import {modules}; "
+            "print(time.perf_counter() - t)")
+    values = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                   check=True).stdout) for _ in range(repeats)]
+    return statistics.median(values)
+
+
+def import_baseline_gb() -> float:
+    """Peak RSS of a fresh interpreter that only imports what every lesson imports. With the CUDA
+    build of torch on a CPU machine this alone is about 0.9 GB (the CPU wheels are smaller)."""
+    code = ("import torch, torchvision, matplotlib.pyplot, sklearn.datasets, ipykernel, course_lib.train, "
+            "course_lib.plots; print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out) * 1024 / 1e9
+
+
+def make_test_seconds() -> tuple[float, int]:
+    start = time.perf_counter()
+    rc = subprocess.run(["make", "test"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode
+    return time.perf_counter() - start, rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench")
+    parser.add_argument("--skip-tests", action="store_true", help="do not time `make test`")
+    parser.add_argument("lessons", nargs="*", help="notebook paths (default: every lesson)")
+    args = parser.parse_args(argv)
+    lessons = [Path(p) for p in args.lessons] or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                 "platform": platform.platform()}, "lessons": {}}
+    try:
+        import torch
+        results["machine"]["device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                        else "CPU only")
+    except Exception:
+        results["machine"]["device"] = "unknown"
+    for path in lessons:
+        print(f"running {path.name} ...", flush=True)
+        results["lessons"][path.stem] = run_notebook(path)
+    results["course_seconds"] = sum(r["seconds"] for r in results["lessons"].values())
+    print("measuring recording overhead ...", flush=True)
+    results["recording"] = recording_overhead()
+    results["import_course_lib_seconds"] = import_overhead()
+    results["import_baseline_gb"] = import_baseline_gb()
+    results["import_lesson_modules_seconds"] = import_overhead(
+        "course_lib.data, course_lib.models, course_lib.instrument, course_lib.train, course_lib.plots")
+    if not args.skip_tests:
+        print("timing make test ...", flush=True)
+        results["make_test_seconds"], results["make_test_rc"] = make_test_seconds()
+
+    missed = []
+    for name, r in results["lessons"].items():
+        if r["error"]:
+            missed.append(f"{name} failed: {r['error']}")
+        if r["seconds"] > TARGETS["lesson_seconds"]:
+            missed.append(f"{name} took {r['seconds']:.0f} s > {TARGETS['lesson_seconds']:.0f} s")
+        if r["peak_gb"] > TARGETS["lesson_peak_gb"]:
+            missed.append(f"{name} peaked at {r['peak_gb']:.2f} GB > {TARGETS['lesson_peak_gb']} GB")
+    if results["course_seconds"] > 60 * TARGETS["course_minutes"]:
+        missed.append(f"the course took {results['course_seconds'] / 60:.1f} min > {TARGETS['course_minutes']:.0f} min")
+    if results["recording"]["ratio"] > TARGETS["record_overhead"]:
+        missed.append(f"recording overhead {results['recording']['ratio']:.2f}x > {TARGETS['record_overhead']}x")
+    if results["import_course_lib_seconds"] > TARGETS["import_seconds"]:
+        missed.append(f"import course_lib adds {results['import_course_lib_seconds']:.2f} s > 1 s")
+    if results.get("make_test_rc", 0) != 0:
+        missed.append(f"make test failed (exit {results['make_test_rc']})")
+    results["targets"], results["missed"] = TARGETS, missed
+
+    lines = [f"# Benchmark ({results['machine']['cpus']} CPUs, {results['machine']['device']}, "
+             f"Python {results['machine']['python']})", "",
+             "| lesson | wall time (s) | kernel peak RSS (GB) | above the imports (GB) |",
+             "|---|---:|---:|---:|"]
+    base = results["import_baseline_gb"]
+    for name, r in results["lessons"].items():
+        flag = " (failed)" if r["error"] else ""
+        lines.append(f"| {name}{flag} | {r['seconds']:.1f} | {r['peak_gb']:.2f} | {r['peak_gb'] - base:.2f} |")
+    lines += [f"| **whole course** | **{results['course_seconds']:.0f}** | | |", "",
+              f"- Peak RSS of the imports alone (torch, torchvision, matplotlib, scikit-learn, "
+              f"ipykernel, course_lib): {base:.2f} GB."]
+    rec = results["recording"]
+    lines += [f"- Recording overhead ({rec['model']}, {rec['threads']} threads): "
+              f"{rec['bare_steps_per_s']:.0f} steps/s bare, {rec['recorded_steps_per_s']:.0f} steps/s "
+              f"recorded: **{rec['ratio']:.2f}x** (target <= {TARGETS['record_overhead']}x).",
+              f"- `import course_lib` after torch: **{results['import_course_lib_seconds']:.2f} s** (target < 1 s); "
+              f"with the modules a lesson uses (data, models, instrument, train, plots; these pull in "
+              f"scikit-learn, torchvision and matplotlib): {results['import_lesson_modules_seconds']:.2f} s."]
+    if "make_test_seconds" in results:
+        lines.append(f"- `make test`: **{results['make_test_seconds'] / 60:.1f} min** (exit {results['make_test_rc']}).")
+    lines += ["", "Targets missed: " + ("; ".join(missed) if missed else "none") + "."]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print("\n".join(lines))
+    if missed:
+        print("\nTARGETS MISSED:\n- " + "\n- ".join(missed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
