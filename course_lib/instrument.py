@@ -154,7 +154,8 @@ class Recorder:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.capture = True
+        self._capture = True
+        self._entered = False
         self._want_acts = activations
         self._want_signals = signals
         self._weight_modules = dict(weight_layers(model))
@@ -174,11 +175,34 @@ class Recorder:
         self._buffers: list[torch.Tensor] | None = None
 
     # -- hooks ---------------------------------------------------------------------------------
-    def __enter__(self) -> Recorder:
+    @property
+    def capture(self) -> bool:
+        """Whether forward passes are measured. Off, the hooks are detached, so the steps that
+        are not recorded run at full speed."""
+        return self._capture
+
+    @capture.setter
+    def capture(self, on: bool) -> None:
+        on = bool(on)
+        if self._entered and on != self._capture:
+            self._attach() if on else self._detach()
+        self._capture = on
+
+    def _attach(self) -> None:
         for name, module in self._weight_modules.items():
             self._handles.append(module.register_forward_hook(self._weight_hook(name)))
         for name, module in self._act_modules.items():
             self._handles.append(module.register_forward_hook(self._act_hook(name, module)))
+
+    def _detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Recorder:
+        self._entered = True
+        if self._capture:
+            self._attach()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,9 +210,8 @@ class Recorder:
 
     def remove(self) -> None:
         """Remove every hook this recorder attached (also done on leaving the ``with`` block)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._detach()
+        self._entered = False
 
     def _weight_hook(self, name: str) -> Callable:
         def hook(module: nn.Module, inputs: object, output: object) -> None:

@@ -216,3 +216,16 @@ def test_default_loss_and_trace_at_validation():
     trace = snapshot(mlp(3, 2, 1, 4), torch.randn(2, 3), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="unknown stat 'gradnorm'"):
         trace.at(0, "gradnorm")
+
+
+def test_recorder_detaches_hooks_while_not_capturing(tiny_batch):
+    model = mlp(8, 3, depth=2, width=6)
+    hooked = lambda: sum(len(m._forward_hooks) for m in model.modules())  # noqa: E731
+    with Recorder(model) as rec:
+        n = hooked()
+        assert n == 5  # fc1, fc2, out, act1, act2
+        rec.capture = False
+        assert hooked() == 0
+        rec.capture = True
+        assert hooked() == n
+    assert hooked() == 0
