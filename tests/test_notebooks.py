@@ -30,7 +30,8 @@ def test_lessons_are_numbered_without_gaps():
 def test_lesson_opens_with_objectives_prerequisites_and_time(path):
     first = load(path).cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# ")
-    for word in ("Learning objectives", "Prerequisites", "Time"):
+    assert re.search(r"^## Learning objectives", first.source, re.M), f"{path.name}: no objectives heading"
+    for word in ("Prerequisites", "Time"):
         assert f"**{word}" in first.source, f"{path.name}: the opening cell lacks '{word}'"
 
 
