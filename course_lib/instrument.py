@@ -22,7 +22,7 @@ Statistics stay on the model's device as tensors; nothing is copied to the host 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -173,6 +173,7 @@ class Recorder:
         self._params: list[torch.Tensor] = []
         self._groups: torch.Tensor | None = None
         self._buffers: list[torch.Tensor] | None = None
+        self._indices: dict[tuple, torch.Tensor] = {}
 
     # -- hooks ---------------------------------------------------------------------------------
     @property
@@ -265,7 +266,7 @@ class Recorder:
             else:
                 units = x.reshape(len(idx), 1, -1)
             dead = (units == 0).all(dim=2).float().mean(dim=1)
-            result[torch.tensor(idx, device=device)] = torch.stack([mean, std, sat_frac, dead], 1)
+            result[self._index(idx, device)] = torch.stack([mean, std, sat_frac, dead], 1)
         return result
 
     # -- per-step recording --------------------------------------------------------------------
@@ -335,7 +336,7 @@ class Recorder:
         ref = next(self.model.parameters())
         nan_l = torch.full((len(layers),), math.nan, device=ref.device)
         row = {
-            "step": torch.tensor(float(step), device=ref.device),
+            "step": int(step),
             "grad_norm": self._row.get("grad_norm", nan_l),
             "weight_norm": self._row.get("weight_norm", nan_l),
             "update_ratio": self._row.get("update_ratio", nan_l),
@@ -345,6 +346,13 @@ class Recorder:
             row["acts"] = self._activation_stats(acts, ref.device)
         self._rows.append(row)
         self._row, self._signal_now, self._act_now = {}, {}, {}
+
+    def _index(self, idx: list[int], device: torch.device) -> torch.Tensor:
+        """An index tensor on ``device``, made once (no host-to-device copy per step)."""
+        key = (tuple(idx), str(device))
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(idx, dtype=torch.long, device=device)
+        return self._indices[key]
 
     def _signal_norms(self, layers: list[str], nan_l: torch.Tensor) -> torch.Tensor:
         """Norm of dL/d(output) per layer (squares summed over repeated calls)."""
@@ -356,7 +364,7 @@ class Recorder:
         if not grads:
             return nan_l
         norms = torch.stack(torch._foreach_norm(grads))
-        idx = torch.tensor(owner, device=norms.device)
+        idx = self._index(owner, norms.device)
         sq = torch.zeros(len(layers), device=norms.device).index_add_(0, idx, norms * norms)
         seen = torch.zeros(len(layers), dtype=torch.bool, device=norms.device)
         seen[idx] = True
@@ -376,7 +384,7 @@ class Recorder:
         act = (torch.stack([self._pad2(r["acts"], n_a) for r in rows]).cpu()
                if rows and n_a else torch.empty(len(rows), n_a, 4))
         return Trace(
-            steps=torch.stack([r["step"] for r in rows]).cpu().long() if rows else torch.empty(0),
+            steps=torch.tensor([r["step"] for r in rows], dtype=torch.long),
             layers=layers, grad_norm=stack("grad_norm", n_l), signal_norm=stack("signal_norm", n_l),
             weight_norm=stack("weight_norm", n_l), update_ratio=stack("update_ratio", n_l),
             act_layers=acts, act_mean=act[..., 0], act_std=act[..., 1], saturated=act[..., 2],
@@ -486,10 +494,3 @@ def first_nonfinite_output(model: nn.Module, x: torch.Tensor) -> str | None:
         for h in handles:
             h.remove()
     return found[0] if found else None
-
-
-def iter_weight_grads(model: nn.Module) -> Iterator[tuple[str, torch.Tensor | None]]:
-    """(layer, concatenated weight gradient or None) for each weight-bearing layer."""
-    for name, module in weight_layers(model):
-        grads = [p.grad.reshape(-1) for p in module.parameters(recurse=False) if p.grad is not None]
-        yield name, (torch.cat(grads) if grads else None)

@@ -120,3 +120,12 @@ def test_prelu_has_one_learnable_slope_per_layer():
     model = mlp(4, 2, depth=3, width=8, activation="prelu")
     slopes = [m.weight for m in model.modules() if isinstance(m, nn.PReLU)]
     assert len(slopes) == 3 and all(s.numel() == 1 and math.isclose(s.item(), 0.25) for s in slopes)
+
+
+def test_make_activation_fresh_modules_and_bad_name():
+    from course_lib.models import make_activation
+
+    a, b = make_activation("prelu"), make_activation("prelu")
+    assert a is not b and isinstance(a, nn.PReLU)
+    with pytest.raises(ValueError, match="unknown activation 'Relu'.*'relu'"):
+        make_activation("Relu")
