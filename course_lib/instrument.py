@@ -285,8 +285,11 @@ class Recorder:
 
     def _grouped_norm(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         _, groups = self._layer_params()
-        norms = torch.stack(torch._foreach_norm([t.float() for t in tensors]))
-        sq = torch.zeros(len(self.layers), device=norms.device).index_add_(0, groups, norms * norms)
+        # float64: a float32 norm squares its entries and underflows to 0 below about 1e-19,
+        # while the gradients of a deep sigmoid net reach 1e-35 and are still numbers.
+        norms = torch.stack(torch._foreach_norm([t.double() for t in tensors]))
+        sq = torch.zeros(len(self.layers), dtype=torch.float64,
+                         device=norms.device).index_add_(0, groups, norms * norms)
         return sq.sqrt()
 
     @property
@@ -334,7 +337,7 @@ class Recorder:
         """Close the current step's row (whatever was measured) and start a new one."""
         layers, acts = self.layers, self.act_layers
         ref = next(self.model.parameters())
-        nan_l = torch.full((len(layers),), math.nan, device=ref.device)
+        nan_l = torch.full((len(layers),), math.nan, dtype=torch.float64, device=ref.device)
         row = {
             "step": int(step),
             "grad_norm": self._row.get("grad_norm", nan_l),
@@ -359,13 +362,13 @@ class Recorder:
         grads, owner = [], []
         for i, name in enumerate(layers):
             for g in self._signal_now.get(name, ()):
-                grads.append(g.float() if g.dtype != torch.float32 else g)
+                grads.append(g.double())
                 owner.append(i)
         if not grads:
             return nan_l
         norms = torch.stack(torch._foreach_norm(grads))
         idx = self._index(owner, norms.device)
-        sq = torch.zeros(len(layers), device=norms.device).index_add_(0, idx, norms * norms)
+        sq = torch.zeros(len(layers), dtype=torch.float64, device=norms.device).index_add_(0, idx, norms * norms)
         seen = torch.zeros(len(layers), dtype=torch.bool, device=norms.device)
         seen[idx] = True
         return torch.where(seen, sq.sqrt(), nan_l)
@@ -396,7 +399,7 @@ class Recorder:
         """Rows recorded before every layer had run are shorter: pad them with NaN."""
         if t.shape[0] == width:
             return t
-        return torch.cat([t, torch.full((width - t.shape[0],), math.nan, device=t.device)])
+        return torch.cat([t, torch.full((width - t.shape[0],), math.nan, dtype=t.dtype, device=t.device)])
 
     @staticmethod
     def _pad2(t: torch.Tensor, width: int) -> torch.Tensor:

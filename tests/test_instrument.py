@@ -229,3 +229,13 @@ def test_recorder_detaches_hooks_while_not_capturing(tiny_batch):
         rec.capture = True
         assert hooked() == n
     assert hooked() == 0
+
+
+def test_tiny_gradients_do_not_underflow_to_zero(digits_batch):
+    """A 40-layer sigmoid net's first-layer gradient is about 1e-35: small, but not zero."""
+    torch.manual_seed(0)
+    x, y = digits_batch
+    model = mlp(64, 10, depth=40, width=64, activation="sigmoid")
+    norms = gradient_norms(model, x, y)
+    assert 0 < norms["fc1"] < 1e-25
+    assert norms["fc1"] == pytest.approx(model.fc1.weight.grad.double().norm().item(), rel=1e-6)
