@@ -205,7 +205,8 @@ def gradient_flow_data(depth: int = 10, width: int = 128, activation: str = "sig
 
     Returns:
         a dict with ``layers`` (names of the ``nn.Linear`` layers, input to output),
-        ``grad_norm`` (||dL/dW|| of each), ``act_layers`` and ``act_std`` (std of each
+        ``grad_norm`` (||dL/dW|| of each, summed in float64 so that tiny norms do not
+        underflow), ``act_layers`` and ``act_std`` (std of each
         activation function's output), ``first_over_last`` (first-layer over output-layer
         gradient norm), ``loss`` and the arguments under ``params``.
 
@@ -239,9 +240,11 @@ def gradient_flow_data(depth: int = 10, width: int = 128, activation: str = "sig
             model = mlp(x.shape[1], 10, depth, width, activation=activation, init=init,
                         norm=norm, residual=residual)
         trace = snapshot(model, x, y, loss_fn=loss_fn)
-    linear = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    all_grads = trace.at(0, "grad_norm")
-    grads = [all_grads[name] for name in linear]
+    # Norms in float64 from the gradients themselves: squaring a float32 norm of 1e-26 (depth 30)
+    # underflows to 0, although the gradient's entries are still well inside float32's range.
+    linear = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    grads = [float(m.weight.grad.double().norm()) for _, m in linear]
+    linear = [name for name, _ in linear]
     acts = trace.at(0, "act_std")
     return {
         "layers": linear,
@@ -277,7 +280,8 @@ def _draw_gradient_flow(data: Mapping[str, Any], axes: list) -> None:
     ax_g.set_title(f"Gradient per layer (first / output = {_fmt_ratio(ratio)})", fontsize=10)
     zeros = sum(1 for g in grads if g == 0)
     if zeros:
-        ax_g.text(0.02, 0.04, f"{zeros} layer(s) get exactly 0: below float32's range",
+        ax_g.text(0.02, 0.04, f"{zeros} layer(s) get exactly 0: their gradient entries fell "
+                  "below float32's range",
                   transform=ax_g.transAxes, fontsize=8, color="C3")
     ax_a.plot(range(1, len(stds) + 1), _positive(stds), marker="o", ms=3, color="C1")
     _log_axis(ax_a)

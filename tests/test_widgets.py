@@ -102,8 +102,21 @@ def test_gradient_flow_figure():
     assert list(line.get_ydata()) == pytest.approx(data["grad_norm"])
 
 
+def test_gradient_flow_data_tiny_norms_do_not_underflow():
+    # sigmoid, default init: a factor of about 0.14 per layer, so about 1e-26 at depth 30; a
+    # float32 sum of squares would turn that into exactly 0
+    d = W.gradient_flow_data(depth=30, width=128)
+    assert all(g > 0 for g in d["grad_norm"])
+    assert 1e-29 < d["first_over_last"] < 1e-23
+    per_layer = d["first_over_last"] ** (1 / 30)
+    assert per_layer == pytest.approx(0.14, rel=0.2)
+
+
 def test_gradient_flow_figure_marks_underflow():
-    fig = W.gradient_flow_figure(depth=50, width=64)  # 0.14^50: below float32's range
+    data = W.gradient_flow_data(depth=3, width=8)
+    data["grad_norm"][0] = 0.0  # what a gradient below float32's range looks like
+    data["first_over_last"] = 0.0
+    fig = W.gradient_flow_figure(data=data)
     texts = " ".join(t.get_text() for t in fig.axes[0].texts) + fig.axes[0].get_title()
     assert "underflow" in texts and "float32" in texts
 
