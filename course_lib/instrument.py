@@ -456,44 +456,47 @@ def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return snapshot(model, x, y, loss_fn).at(0, "grad_norm")
 
 
-def capture_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs of every activation module for input ``x`` (no gradients), input to output."""
-    _check_batch(model, x, None)
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in activation_layers(model):
-        def hook(m: nn.Module, i: object, o: object, name: str = name) -> None:
-            out = _first_tensor(o)
-            if out is not None and name not in captured:
-                captured[name] = out.detach().cpu()
-        handles.append(module.register_forward_hook(hook))
+def _forward_with_hooks(model: nn.Module, x: torch.Tensor,
+                        hooks: list[tuple[nn.Module, Callable]]) -> None:
+    """One no-grad forward pass with temporary forward hooks, removed whatever happens."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for h in handles:
             h.remove()
+
+
+def capture_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs of every activation module for input ``x`` (no gradients), input to output."""
+    _check_batch(model, x, None)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable:
+        def hook(m: nn.Module, i: object, o: object) -> None:
+            out = _first_tensor(o)
+            if out is not None and name not in captured:
+                captured[name] = out.detach().cpu()
+        return hook
+
+    _forward_with_hooks(model, x, [(m, keep(name)) for name, m in activation_layers(model)])
     return captured
 
 
 def first_nonfinite_output(model: nn.Module, x: torch.Tensor) -> str | None:
     """Name of the first module (in call order) whose forward output is NaN or infinite."""
     found: list[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name == "" or any(True for _ in module.children()):
-            continue
 
-        def hook(m: nn.Module, i: object, o: object, name: str = name) -> None:
+    def check(name: str) -> Callable:
+        def hook(m: nn.Module, i: object, o: object) -> None:
             out = _first_tensor(o)
             if not found and out is not None and torch.is_floating_point(out) \
                     and not bool(torch.isfinite(out).all()):
                 found.append(name)
-        handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+        return hook
+
+    leaves = [(m, check(name)) for name, m in model.named_modules()
+              if name and not any(True for _ in m.children())]
+    _forward_with_hooks(model, x, leaves)
     return found[0] if found else None
