@@ -1,0 +1,148 @@
+"""Convolutional network builder: plain, BatchNorm and residual CNNs with readable layer names.
+
+Layers are named ``conv1`` ... ``convN`` (with ``norm1``..., ``act1``...) in plain nets and
+``conv1``, ``block2`` ... ``blockN`` (each ``block.conv``, ``block.norm``, ``block.act``) in residual
+nets, followed by ``pool`` (global average pooling), ``flatten`` and ``out`` (the classifier), so
+that :mod:`course_lib.instrument` and :mod:`course_lib.plots` label them the way the lessons do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from course_lib.core import check_choice, check_positive_int
+from course_lib.models import ACTIVATIONS, make_activation
+
+#: Normalization names for :func:`cnn` (``None``: no normalization layer).
+CONV_NORMS: tuple[str | None, ...] = (None, "batch")
+
+#: Initialization names for :func:`cnn`. ``default`` keeps PyTorch's own init
+#: (kaiming_uniform with a=sqrt(5), Var[w] = 1/(3 fan_in), *not* He init).
+CONV_INITS: tuple[str, ...] = ("default", "normal", "lecun_normal", "xavier_normal",
+                               "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal")
+
+
+def fan_in_out(layer: nn.Module) -> tuple[int, int]:
+    """(fan_in, fan_out) of a ``nn.Conv2d``/``nn.Linear``: in_channels*k*k and out_channels*k*k."""
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        raise ValueError(f"layer must be nn.Linear or nn.ConvNd, got {type(layer).__name__}")
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+    return int(fan_in), int(fan_out)
+
+
+def init_layer_(layer: nn.Module, init: str, activation: str = "relu",
+                std: float | None = None) -> None:
+    """Initialize one conv or linear layer in place (biases become zero, except for ``default``).
+
+    Fans count the kernel: fan_in = in_channels * kh * kw. ``kaiming_*`` gives Var = 2/fan_in
+    (He et al. 2015), ``xavier_*`` Var = 2/(fan_in + fan_out) (Glorot & Bengio 2010),
+    ``lecun_normal`` Var = 1/fan_in, ``normal`` N(0, std^2).
+    """
+    check_choice("init", init, CONV_INITS)
+    fan_in, _ = fan_in_out(layer)
+    if init == "default":
+        return
+    w = layer.weight
+    if init == "normal":
+        if std is None or not std > 0:
+            raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
+        nn.init.normal_(w, 0.0, float(std))
+    elif init == "lecun_normal":
+        nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
+    elif init == "xavier_normal":
+        nn.init.xavier_normal_(w)
+    elif init == "xavier_uniform":
+        nn.init.xavier_uniform_(w)
+    elif init in ("kaiming_normal", "kaiming_uniform"):
+        slope = 0.01 if activation == "leaky_relu" else 0.0
+        fn = nn.init.kaiming_normal_ if init == "kaiming_normal" else nn.init.kaiming_uniform_
+        fn(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+    elif init == "orthogonal":
+        nn.init.orthogonal_(w)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class ConvResidualBlock(nn.Module):
+    """``x + act(norm(conv(x)))`` with a 3x3 same-padding conv: an identity skip path around one
+    conv layer, so the block's Jacobian is ``I + dF/dx`` (He et al. 2016)."""
+
+    def __init__(self, channels: int, activation: str, norm: str | None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
+        if norm == "batch":
+            self.norm = nn.BatchNorm2d(channels)
+        self.act = make_activation(activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if hasattr(self, "norm"):
+            h = self.norm(h)
+        return x + self.act(h)
+
+
+def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str | None = None,
+        residual: bool = False, activation: str = "relu", init: str = "kaiming_normal", *,
+        std: float | None = None, downsample: tuple[int, ...] = ()) -> nn.Sequential:
+    """A CNN with ``depth`` 3x3 conv layers of ``channels`` channels, global average pooling and a
+    linear classifier (``out``).
+
+    Each conv layer is ``Conv2d(3x3, padding 1) -> [BatchNorm2d] -> activation``. With
+    ``residual=True`` the conv layers after the first (which changes the channel count) become
+    :class:`ConvResidualBlock` s. ``downsample`` lists layer numbers (2..depth) after which a 2x2
+    max-pool (``pool{i}``) halves the resolution, to keep deep nets cheap.
+
+    Args:
+        norm: ``None`` or ``"batch"`` (BatchNorm2d before the activation; convs then drop their
+            bias).
+        activation: one of :data:`course_lib.models.ACTIVATIONS`.
+        init: one of :data:`CONV_INITS`, applied to every conv and to ``out`` (``std`` for
+            ``normal``).
+
+    Raises:
+        ValueError: an unknown name or a bad size, with the valid choices listed.
+    """
+    in_channels = check_positive_int("in_channels", in_channels)
+    num_classes = check_positive_int("num_classes", num_classes)
+    depth = check_positive_int("depth", depth)
+    channels = check_positive_int("channels", channels)
+    check_choice("norm", norm, CONV_NORMS)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_choice("init", init, CONV_INITS)
+    if not isinstance(residual, bool):
+        raise ValueError(f"residual must be True or False, got {residual!r}")
+    if init == "normal" and (std is None or not std > 0):
+        raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
+    bad = [d for d in downsample if not isinstance(d, int) or not 1 <= d <= depth]
+    if bad:
+        raise ValueError(f"downsample holds layer numbers in 1..{depth}, got {bad}")
+
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers["conv1"] = nn.Conv2d(in_channels, channels, 3, padding=1, bias=norm is None)
+    if norm == "batch":
+        layers["norm1"] = nn.BatchNorm2d(channels)
+    layers["act1"] = make_activation(activation)
+    if 1 in downsample:
+        layers["pool1"] = nn.MaxPool2d(2)
+    for i in range(2, depth + 1):
+        if residual:
+            layers[f"block{i}"] = ConvResidualBlock(channels, activation, norm)
+        else:
+            layers[f"conv{i}"] = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
+            if norm == "batch":
+                layers[f"norm{i}"] = nn.BatchNorm2d(channels)
+            layers[f"act{i}"] = make_activation(activation)
+        if i in downsample:
+            layers[f"pool{i}"] = nn.MaxPool2d(2)
+    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["out"] = nn.Linear(channels, num_classes)
+    model = nn.Sequential(layers)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            init_layer_(module, init, activation=activation, std=std)
+    return model
