@@ -1,9 +1,13 @@
-import math
+"""Unit tests of course_lib.recurrent."""
+
 
 import pytest
 import torch
 
-from course_lib.recurrent import growth_rate, random_recurrent_matrix, spectral_radius, unrolled_rnn_grad_norms
+from course_lib.recurrent import (CELLS, SequenceModel, clip_by_norm, clip_by_value, cosine,
+                                  decay_per_step, forget_gate_bias, global_norm, growth_rate,
+                                  hidden_grad_norms, hidden_states, random_recurrent_matrix,
+                                  sequence_model, spectral_radius, unrolled_rnn_grad_norms)
 
 
 def test_random_recurrent_matrix_has_the_radius():
@@ -44,3 +48,99 @@ def test_growth_rate_of_a_geometric_sequence():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_shapes_and_unrolled_output_matches_forward(cell):
+    model = sequence_model(cell, 2, 8, output_size=3)
+    x = torch.randn(5, 7, 2)
+    assert model(x).shape == (5, 3)
+    hs, out = hidden_states(model, x)
+    assert len(hs) == 7 and hs[0].shape == (1, 5, 8)
+    assert torch.allclose(out, model(x), atol=1e-6)
+
+
+def test_bad_input_lists_valid_cells():
+    with pytest.raises(ValueError, match="'rnn', 'lstm', 'gru'"):
+        SequenceModel("transformer", 2, 8)
+    with pytest.raises(ValueError, match="hidden_size"):
+        SequenceModel("rnn", 2, 0)
+    with pytest.raises(ValueError, match="lstm"):
+        SequenceModel("gru", 2, 8, forget_bias=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        SequenceModel("rnn", 2, 8)(torch.randn(5, 2))
+    with pytest.raises(ValueError, match="channels"):
+        SequenceModel("rnn", 2, 8)(torch.randn(5, 4, 3))
+
+
+def test_vanilla_rnn_is_tanh_and_forget_bias_is_set():
+    assert SequenceModel("rnn", 2, 4).rnn.nonlinearity == "tanh"
+    model = SequenceModel("lstm", 2, 4, forget_bias=2.5)
+    assert torch.allclose(forget_gate_bias(model), torch.full((4,), 2.5))
+    with pytest.raises(ValueError):
+        forget_gate_bias(SequenceModel("gru", 2, 4))
+
+
+def test_hidden_grad_norms_match_autograd_and_last_step():
+    model = SequenceModel("rnn", 2, 6)
+    x, y = torch.randn(4, 9, 2), torch.randn(4, 1)
+    norms = hidden_grad_norms(model, x, y)
+    assert norms.shape == (9,) and bool((norms > 0).all())
+    assert all(p.grad is None for p in model.parameters()), "parameter gradients are cleared"
+    # last step: dL/dh_T = W_head^T dL/dout
+    out = model(x)
+    g_out = 2 * (out - y) / out.numel()
+    expected = (g_out @ model.head.weight).norm()
+    assert torch.allclose(norms[-1], expected.detach(), rtol=1e-5)
+    # first step, by autograd through a leaf initial state is not needed: check against torch.autograd.grad
+    hs, out2 = hidden_states(model, x)
+    g = torch.autograd.grad(torch.nn.functional.mse_loss(out2, y), hs[0])[0]
+    assert torch.allclose(norms[0], g.norm(), rtol=1e-5)
+
+
+def test_default_lstm_vanishes_faster_than_with_forget_bias():
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 30, 2), torch.rand(64, 1)
+    plain = decay_per_step(hidden_grad_norms(SequenceModel("lstm", 2, 16), x, y))
+    torch.manual_seed(0)
+    biased = decay_per_step(hidden_grad_norms(SequenceModel("lstm", 2, 16, forget_bias=3.0), x, y))
+    assert plain < 0.7 and biased > 0.8, (plain, biased)
+
+
+def test_decay_per_step():
+    assert decay_per_step(torch.tensor([0.01, 0.1, 1.0])) == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        decay_per_step(torch.tensor([1.0]))
+    with pytest.raises(ValueError):
+        decay_per_step(torch.tensor([0.0, 1.0]))
+
+
+def test_clipping_matches_torch():
+    grads = [torch.randn(3, 4) * 10, torch.randn(5) * 10]
+    params = [torch.zeros_like(g, requires_grad=True) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    mine = clip_by_norm(grads, 1.0)
+    assert all(torch.allclose(m, p.grad, atol=1e-6) for m, p in zip(mine, params))
+    assert global_norm(mine) == pytest.approx(1.0, rel=1e-4)
+    assert cosine(mine, grads) == pytest.approx(1.0)
+    small = [torch.full((2,), 0.1)]
+    assert torch.equal(clip_by_norm(small, 1.0)[0], small[0] * 1.0) or torch.allclose(
+        clip_by_norm(small, 1.0)[0], small[0])
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_value_(params, 0.5)
+    assert all(torch.equal(m, p.grad) for m, p in zip(clip_by_value(grads, 0.5), params))
+    assert cosine(clip_by_value(grads, 0.5), grads) < 0.99
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="positive"):
+            clip_by_norm(grads, bad)
+        with pytest.raises(ValueError, match="positive"):
+            clip_by_value(grads, bad)
+    with pytest.raises(ValueError):
+        clip_by_norm([], 1.0)
+    with pytest.raises(ValueError):
+        cosine([torch.zeros(2)], [torch.ones(2)])
+    with pytest.raises(ValueError):
+        cosine([torch.ones(2)], [torch.ones(3)])
