@@ -33,9 +33,11 @@ def spectral_radius(w: torch.Tensor) -> float:
 
 
 def random_recurrent_matrix(size: int, radius: float, seed: int = 0,
-                            orthogonal: bool = False) -> torch.Tensor:
+                            orthogonal: bool = False,
+                            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A ``size x size`` matrix with spectral radius ``radius``: Gaussian, or ``radius`` times a
-    random orthogonal matrix (then every singular value equals ``radius`` too)."""
+    random orthogonal matrix (then every singular value equals ``radius`` too). Drawn in float64,
+    returned as ``dtype`` (ask for float64 when ``radius ** seq_len`` leaves float32's range)."""
     size = check_positive_int("size", size)
     if not radius >= 0:
         raise ValueError(f"radius must be >= 0, got {radius!r}")
@@ -44,8 +46,8 @@ def random_recurrent_matrix(size: int, radius: float, seed: int = 0,
     if orthogonal:
         q, r = torch.linalg.qr(w)
         w = q * torch.sign(torch.diagonal(r))
-        return (w * radius).float()
-    return (w * (radius / spectral_radius(w))).float()
+        return (w * radius).to(dtype)
+    return (w * (radius / spectral_radius(w))).to(dtype)
 
 
 def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "linear",
@@ -54,8 +56,8 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
     """||dL/dh_t|| for t = 1..seq_len of the RNN ``h_t = f(W h_{t-1} + x_t)``, ``h_0 = 0``.
 
     The inputs x_t are Gaussian with std ``input_scale``; the loss is ``sum(h_T) / batch`` (it
-    reads only the last state, so every earlier gradient arrived through time). Returns a tensor of
-    shape (seq_len,), on the CPU.
+    reads only the last state, so every earlier gradient arrived through time). Everything runs in
+    ``w``'s dtype and device. Returns a tensor of shape (seq_len,), on the CPU.
     """
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise ValueError(f"w must be a square matrix, got shape {tuple(w.shape)}")
@@ -64,9 +66,10 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
     check_choice("activation", activation, RNN_ACTIVATIONS)
     gen = torch.Generator().manual_seed(int(seed))
     size = w.shape[0]
-    xs = (torch.randn(seq_len, batch, size, generator=gen).to(w.device) * input_scale).requires_grad_()
+    xs = torch.randn(seq_len, batch, size, generator=gen, dtype=w.dtype).to(w.device)
+    xs = (xs * input_scale).requires_grad_()
     w = w.detach()
-    h = torch.zeros(batch, size, device=w.device)
+    h = torch.zeros(batch, size, dtype=w.dtype, device=w.device)
     states = []
     for t in range(seq_len):
         z = h @ w.T + xs[t]

@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from course_lib.core import check_choice, check_positive_int
 from course_lib.models import ACTIVATIONS, INITS, NORMS, make_activation, mlp
+from course_lib.recurrent import random_recurrent_matrix, unrolled_rnn_grad_norms
 
 #: Initializations offered by the gradient-flow explorer (``normal`` needs a std: see init_explorer).
 EXPLORER_INITS: tuple[str, ...] = tuple(i for i in INITS if i != "normal")
@@ -413,51 +414,32 @@ def init_figure(activation: str = "tanh", gain: float = 1.0, depth: int = 20, wi
 def _rnn_gradient_norms(seq_len: int, radius: float, nonlinearity: str, hidden: int,
                         weights: str, seed: int, batch_size: int,
                         input_scale: float) -> list[float]:
-    """Mean over the batch of ||dL/dh_t|| for t = 1..seq_len (see :func:`recurrent_data`)."""
-    gen = torch.Generator().manual_seed(seed)
-    dt = torch.float64
-    a = torch.randn(hidden, hidden, generator=gen, dtype=dt)
-    if weights == "orthogonal":
-        q, r = torch.linalg.qr(a)
-        a = q * torch.sign(torch.diagonal(r))
-    rho = float(torch.linalg.eigvals(a).abs().max())
-    w = a * (radius / rho)
-    u = torch.randn(hidden, 1, generator=gen, dtype=dt) * input_scale
-    v = torch.randn(hidden, generator=gen, dtype=dt)
-    v = v / v.norm()
-    xs = torch.randn(seq_len, batch_size, 1, generator=gen, dtype=dt)
-    f = torch.tanh if nonlinearity == "tanh" else (lambda z: z)
-
-    w.requires_grad_(True)  # so that every state is part of the autograd graph
-    h = torch.zeros(batch_size, hidden, dtype=dt)
-    states = []
+    """||dL/dh_t|| for t = 1..seq_len in float64 (see :func:`recurrent_data`)."""
+    w = random_recurrent_matrix(hidden, radius, seed, orthogonal=weights == "orthogonal",
+                                dtype=torch.float64)
     with torch.enable_grad():
-        for t in range(seq_len):
-            h = f(h @ w.T + xs[t] @ u.T)
-            h.retain_grad()
-            states.append(h)
-        loss = (h @ v).mean()
-        loss.backward()
-    return [float(s.grad.norm(dim=1).mean()) for s in states]
+        norms = unrolled_rnn_grad_norms(w, seq_len, nonlinearity, batch=batch_size,
+                                        input_scale=input_scale, seed=seed)
+    return norms.tolist()
 
 
 def recurrent_data(seq_len: int = 50, radius: float = 0.9, nonlinearity: str = "tanh",
                    hidden: int = 64, weights: str = "gaussian", seed: int = 0,
                    batch_size: int = 32, input_scale: float = 0.1) -> dict[str, Any]:
-    """||dL/dh_t|| over time in a vanilla RNN ``h_t = f(W h_{t-1} + U x_t)``, ``h_0 = 0``.
+    """||dL/dh_t|| over time in a vanilla RNN ``h_t = f(W h_{t-1} + x_t)``, ``h_0 = 0``.
 
     ``W`` (hidden x hidden) is a random matrix rescaled to spectral radius ``radius``
     (``gaussian``: i.i.d. normal entries; ``orthogonal``: a random orthogonal matrix, so every
     singular value equals ``radius`` too). ``f`` is tanh or the identity (``linear``). Inputs
-    ``x_t`` are standard normal scalars and ``U`` is ``input_scale`` times a standard normal
-    vector: small inputs (0.1) start tanh in its near-linear range, so what you see at small
-    radius is the recurrent matrix, not saturation by the input. The loss reads only the last
-    state, ``L = mean over the batch of v . h_T`` with a fixed unit vector ``v``, so dL/dh_t
-    measures how much step t can still learn from the end of the sequence. Computed in float64
-    (``radius ** seq_len`` can exceed float32's range).
+    ``x_t`` are Gaussian with std ``input_scale``: small inputs (0.1) start tanh in its
+    near-linear range, so what you see at small radius is the recurrent matrix, not saturation by
+    the input. The loss reads only the last state, ``L = sum(h_T) / batch``, so dL/dh_t measures
+    how much step t can still learn from the end of the sequence. The computation is
+    :func:`course_lib.recurrent.unrolled_rnn_grad_norms` in float64 (``radius ** seq_len`` can
+    exceed float32's range).
 
     Returns:
-        a dict with ``t`` (1..seq_len), ``grad_norm`` (mean over the batch of ||dL/dh_t||),
+        a dict with ``t`` (1..seq_len), ``grad_norm`` (||dL/dh_t|| over the batch),
         ``reference`` (``radius ** (T - t)`` scaled to ``grad_norm`` at t = T: the linear
         prediction), ``first_over_last`` and ``params``.
 
