@@ -92,10 +92,19 @@ class ResidualBlock(nn.Module):
 
     The Jacobian of the block is ``I + scale * dF/dx``, so the gradient always has a path that
     no weight matrix or activation derivative can shrink (He et al. 2016).
+
+    With ``preactivation=True`` the branch is ``fc(act(norm(x)))`` instead: normalization and
+    activation come *before* the weights (He et al. 2016, "Identity mappings in deep residual
+    networks"), so the branch's output is not forced positive by a ReLU and each branch sees a
+    normalized input however large the sum ``x`` has grown.
     """
 
-    def __init__(self, width: int, activation: str, norm: str | None, scale: float = 1.0) -> None:
+    def __init__(self, width: int, activation: str, norm: str | None, scale: float = 1.0,
+                 preactivation: bool = False) -> None:
         super().__init__()
+        if not isinstance(preactivation, bool):
+            raise ValueError(f"preactivation must be True or False, got {preactivation!r}")
+        self.preactivation = preactivation
         self.fc = nn.Linear(width, width)
         norm_layer = _make_norm(norm, width)
         if norm_layer is not None:
@@ -104,6 +113,9 @@ class ResidualBlock(nn.Module):
         self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preactivation:
+            h = self.norm(x) if hasattr(self, "norm") else x
+            return x + self.scale * self.fc(self.act(h))
         h = self.fc(x)
         if hasattr(self, "norm"):
             h = self.norm(h)
@@ -113,7 +125,7 @@ class ResidualBlock(nn.Module):
 def mlp(in_features: int, out_features: int, depth: int, width: int, activation: str = "relu",
         init: str = "default", norm: str | None = None, residual: bool = False, *,
         std: float | None = None, gain: float | None = None,
-        residual_scale: float = 1.0) -> nn.Sequential:
+        residual_scale: float = 1.0, preactivation: bool = False) -> nn.Sequential:
     """A multilayer perceptron with ``depth`` hidden layers of ``width`` units.
 
     Each hidden layer is ``Linear -> [norm] -> activation``. With ``residual=True`` the hidden
@@ -125,6 +137,8 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
         init: one of :data:`INITS`, applied to every ``Linear`` (``std`` for ``normal``,
             ``gain`` for ``xavier_*`` and ``orthogonal``).
         norm: ``None``, ``"batch"`` (BatchNorm1d) or ``"layer"`` (LayerNorm), before the activation.
+        preactivation: with ``residual=True``, use pre-activation blocks ``x + scale *
+            fc(act(norm(x)))`` (see :class:`ResidualBlock`); needs ``residual=True``.
 
     Raises:
         ValueError: an unknown name or a bad size, with the valid choices listed.
@@ -138,6 +152,10 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
     check_choice("norm", norm, NORMS)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
+    if not isinstance(preactivation, bool):
+        raise ValueError(f"preactivation must be True or False, got {preactivation!r}")
+    if preactivation and not residual:
+        raise ValueError("preactivation=True needs residual=True (it arranges a residual block)")
     if init == "normal" and (std is None or not std > 0):
         raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
 
@@ -149,7 +167,8 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
     layers["act1"] = make_activation(activation)
     for i in range(2, depth + 1):
         if residual:
-            layers[f"block{i}"] = ResidualBlock(width, activation, norm, scale=residual_scale)
+            layers[f"block{i}"] = ResidualBlock(width, activation, norm, scale=residual_scale,
+                                               preactivation=preactivation)
         else:
             layers[f"fc{i}"] = nn.Linear(width, width)
             norm_layer = _make_norm(norm, width)
