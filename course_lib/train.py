@@ -97,6 +97,10 @@ def _locate_nonfinite(model: nn.Module, x: torch.Tensor) -> str:
         if any(not bool(torch.isfinite(g).all()) for g in grads):
             parts.append(f"first non-finite gradient in layer '{name}'")
             break
+        # Finite entries whose squares overflow float32: the norm (what fit checks) is infinite.
+        if any(not bool(torch.isfinite(torch.linalg.vector_norm(g))) for g in grads):
+            parts.append(f"first gradient whose norm overflows in layer '{name}' (entries finite)")
+            break
     try:
         bad_out = first_nonfinite_output(model, x)
     except Exception:  # the model itself may fail on the bad weights; the gradient note suffices
