@@ -62,7 +62,7 @@ def test_cnn_passes_residual_scale_and_keeps_the_default():
     torch.manual_seed(0)
     unscaled = cnn(1, 10, 5, 4, residual=True)
     assert all(getattr(scaled, f"block{i}").residual_scale == 0.5 for i in range(2, 6))
-    assert all(ungetattr(scaled, f"block{i}").residual_scale == 1.0 for i in range(2, 6))
+    assert all(getattr(unscaled, f"block{i}").residual_scale == 1.0 for i in range(2, 6))
     x = torch.randn(2, 1, 8, 8)
     h = unscaled[:3](x)                       # conv1, act1, block2 input
     blk = unscaled.block3
