@@ -67,12 +67,24 @@ def init_layer_(layer: nn.Module, init: str, activation: str = "relu",
         nn.init.zeros_(layer.bias)
 
 
-class ConvResidualBlock(nn.Module):
-    """``x + act(norm(conv(x)))`` with a 3x3 same-padding conv: an identity skip path around one
-    conv layer, so the block's Jacobian is ``I + dF/dx`` (He et al. 2016)."""
+def check_residual_scale(residual_scale: float) -> float:
+    """Return ``residual_scale`` as a float; ValueError unless it is a finite number > 0."""
+    if isinstance(residual_scale, bool) or not isinstance(residual_scale, (int, float)) \
+            or not math.isfinite(residual_scale) or residual_scale <= 0:
+        raise ValueError(f"residual_scale must be a finite number > 0 (e.g. 1.0 or 1/sqrt(depth)), "
+                         f"got {residual_scale!r}")
+    return float(residual_scale)
 
-    def __init__(self, channels: int, activation: str, norm: str | None) -> None:
+
+class ConvResidualBlock(nn.Module):
+    """``x + residual_scale * act(norm(conv(x)))`` with a 3x3 same-padding conv: an identity skip
+    path around one conv layer, so the block's Jacobian is ``I + residual_scale * dF/dx`` (He et al.
+    2016). ``residual_scale < 1`` (e.g. ``1/sqrt(depth)``) keeps the stream from growing with depth."""
+
+    def __init__(self, channels: int, activation: str, norm: str | None, *,
+                 residual_scale: float = 1.0) -> None:
         super().__init__()
+        self.residual_scale = check_residual_scale(residual_scale)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
         if norm == "batch":
             self.norm = nn.BatchNorm2d(channels)
@@ -82,12 +94,14 @@ class ConvResidualBlock(nn.Module):
         h = self.conv(x)
         if hasattr(self, "norm"):
             h = self.norm(h)
-        return x + self.act(h)
+        h = self.act(h)
+        return x + self.residual_scale * h
 
 
 def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str | None = None,
         residual: bool = False, activation: str = "relu", init: str = "kaiming_normal", *,
-        std: float | None = None, downsample: tuple[int, ...] = ()) -> nn.Sequential:
+        std: float | None = None, downsample: tuple[int, ...] = (),
+        residual_scale: float = 1.0) -> nn.Sequential:
     """A CNN with ``depth`` 3x3 conv layers of ``channels`` channels, global average pooling and a
     linear classifier (``out``).
 
@@ -102,6 +116,9 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
         activation: one of :data:`course_lib.models.ACTIVATIONS`.
         init: one of :data:`CONV_INITS`, applied to every conv and to ``out`` (``std`` for
             ``normal``).
+        residual_scale: factor on each residual branch, ``x + residual_scale * branch(x)``
+            (finite, > 0; only used with ``residual=True``). ``1/sqrt(depth)`` keeps the
+            stream's variance from growing with depth, as in :func:`course_lib.models.mlp`.
 
     Raises:
         ValueError: an unknown name or a bad size, with the valid choices listed.
@@ -115,6 +132,7 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
     check_choice("init", init, CONV_INITS)
     if not isinstance(residual, bool):
         raise ValueError(f"residual must be True or False, got {residual!r}")
+    residual_scale = check_residual_scale(residual_scale)
     if init == "normal" and (std is None or not std > 0):
         raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
     bad = [d for d in downsample if not isinstance(d, int) or not 1 <= d <= depth]
@@ -130,7 +148,8 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
         layers["pool1"] = nn.MaxPool2d(2)
     for i in range(2, depth + 1):
         if residual:
-            layers[f"block{i}"] = ConvResidualBlock(channels, activation, norm)
+            layers[f"block{i}"] = ConvResidualBlock(channels, activation, norm,
+                                                       residual_scale=residual_scale)
         else:
             layers[f"conv{i}"] = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
             if norm == "batch":

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.convnets import cnn, fan_in_out, init_layer_
+from course_lib.convnets import ConvResidualBlock, cnn, fan_in_out, init_layer_
 from course_lib.instrument import gradient_norms
 
 
@@ -44,3 +44,38 @@ def test_bad_input_lists_valid_choices():
         cnn(1, 10, 3, 4, downsample=(9,))
     with pytest.raises(ValueError):
         fan_in_out(nn.ReLU())
+
+
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_residual_scale_multiplies_the_branch(norm):
+    torch.manual_seed(0)
+    block = ConvResidualBlock(4, "relu", norm, residual_scale=0.25)
+    x = torch.randn(3, 4, 6, 6)
+    branch = block.act(block.norm(block.conv(x)) if norm else block.conv(x))
+    assert torch.allclose(block(x) - x, 0.25 * branch, atol=1e-6)
+    assert ConvResidualBlock(4, "relu", norm).residual_scale == 1.0
+
+
+def test_cnn_passes_residual_scale_and_keeps_the_default():
+    torch.manual_seed(0)
+    scaled = cnn(1, 10, 5, 4, residual=True, residual_scale=0.5)
+    torch.manual_seed(0)
+    unscaled = cnn(1, 10, 5, 4, residual=True)
+    assert all(getattr(scaled, f"block{i}").residual_scale == 0.5 for i in range(2, 6))
+    assert all(getattr(unscaled, f"block{i}").residual_scale == 1.0 for i in range(2, 6))
+    x = torch.randn(2, 1, 8, 8)
+    h = unscaled[:3](x)                       # conv1, act1, block2 input
+    blk = unscaled.block3
+    assert torch.equal(blk(h), h + blk.act(blk.conv(h)))          # default: x + branch, unchanged
+    unscaled.load_state_dict(scaled.state_dict())
+    feats_s = scaled[:-1](x).pow(2).mean()
+    feats_u = unscaled[:-1](x).pow(2).mean()
+    assert feats_s < feats_u, "a scaled branch should keep the stream smaller"
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf"), "0.5", None, True])
+def test_bad_residual_scale(bad):
+    with pytest.raises(ValueError, match="residual_scale"):
+        cnn(1, 10, 3, 4, residual=True, residual_scale=bad)
+    with pytest.raises(ValueError, match="residual_scale"):
+        ConvResidualBlock(4, "relu", None, residual_scale=bad)
