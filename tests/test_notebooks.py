@@ -82,3 +82,26 @@ def test_grade_ids_are_unique_and_well_formed(path):
     ids = [nbgrader(c)["grade_id"] for c in load(path).cells if nbgrader(c)]
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade_id"
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+
+
+#: The course's parts (DEVELOPERS.md): lesson numbers of each.
+PARTS = {"the problem": range(1, 2), "causes": range(2, 6), "solutions": range(6, 11),
+         "case studies": range(11, 15)}
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_each_part_has_a_written_question_with_a_rubric(part):
+    lessons = [p for p in NOTEBOOKS if int(p.name[:2]) in PARTS[part]]
+    assert len(lessons) == len(PARTS[part]), f"part '{part}': lessons missing"
+    written = [c for p in lessons for c in load(p).cells
+               if c.cell_type == "markdown" and nbgrader(c).get("grade") and nbgrader(c).get("solution")]
+    assert written, f"part '{part}' has no manually graded answer cell"
+    assert all(nbgrader(c).get("points", 0) > 0 for c in written)
+    assert all("**Model answer.**" in c.source and "**Rubric" in c.source for c in written), \
+        f"part '{part}': each written question needs a model answer and a rubric"
+
+
+def test_readme_syllabus_links_every_lesson():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = re.findall(r"^\| (\d\d) \| \[[^]]+\]\(notebooks/([^)]+)\)", readme, re.M)
+    assert [f"{n} {name}" for n, name in rows] == [f"{p.name[:2]} {p.name}" for p in NOTEBOOKS]
