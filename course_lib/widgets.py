@@ -482,7 +482,7 @@ def _draw_recurrent(data: Mapping[str, Any], axes: list) -> None:
     _log_axis(ax)
     _log_limits(ax, data["grad_norm"], data["reference"])
     ax.set_xlabel("time step t")
-    ax.set_ylabel("||dL/dh_t|| (mean over the batch)")
+    ax.set_ylabel("||dL/dh_t||, L = sum(h_T) / batch")
     ax.set_title(f"Vanilla {p['nonlinearity']} RNN, {p['weights']} W with spectral radius "
                  f"{p['radius']:.2f}: step 1 / step T = {_fmt_ratio(data['first_over_last'])}",
                  fontsize=10)
