@@ -14,8 +14,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from course_lib.core import check_choice, check_positive_int
-from course_lib.models import ACTIVATIONS, make_activation
+from course_lib.core import check_bool, check_choice, check_positive_int
+from course_lib.models import ACTIVATIONS, check_init_std, make_activation
 
 #: Normalization names for :func:`cnn` (``None``: no normalization layer).
 CONV_NORMS: tuple[str | None, ...] = (None, "batch")
@@ -130,11 +130,9 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
     check_choice("norm", norm, CONV_NORMS)
     check_choice("activation", activation, ACTIVATIONS)
     check_choice("init", init, CONV_INITS)
-    if not isinstance(residual, bool):
-        raise ValueError(f"residual must be True or False, got {residual!r}")
+    check_bool("residual", residual)
     residual_scale = check_residual_scale(residual_scale)
-    if init == "normal" and (std is None or not std > 0):
-        raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
+    check_init_std(init, std)
     bad = [d for d in downsample if not isinstance(d, int) or not 1 <= d <= depth]
     if bad:
         raise ValueError(f"downsample holds layer numbers in 1..{depth}, got {bad}")

@@ -55,3 +55,10 @@ def check_positive_int(what: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_bool(what: str, value: object) -> bool:
+    """Return ``value``, or raise ``ValueError`` if it is not exactly True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be True or False, got {value!r}")
+    return value

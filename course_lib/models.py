@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from course_lib.core import check_choice, check_positive_int
+from course_lib.core import check_bool, check_choice, check_positive_int
 
 #: Activation names and the module each builds.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -102,9 +102,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, width: int, activation: str, norm: str | None, scale: float = 1.0,
                  preactivation: bool = False) -> None:
         super().__init__()
-        if not isinstance(preactivation, bool):
-            raise ValueError(f"preactivation must be True or False, got {preactivation!r}")
-        self.preactivation = preactivation
+        self.preactivation = check_bool("preactivation", preactivation)
         self.fc = nn.Linear(width, width)
         norm_layer = _make_norm(norm, width)
         if norm_layer is not None:
@@ -120,6 +118,12 @@ class ResidualBlock(nn.Module):
         if hasattr(self, "norm"):
             h = self.norm(h)
         return x + self.scale * self.act(h)
+
+
+def check_init_std(init: str, std: float | None) -> None:
+    """Raise ``ValueError`` when ``init`` is ``"normal"`` and ``std`` is not a positive number."""
+    if init == "normal" and (std is None or not std > 0):
+        raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
 
 
 def mlp(in_features: int, out_features: int, depth: int, width: int, activation: str = "relu",
@@ -150,14 +154,11 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
     check_choice("activation", activation, ACTIVATIONS)
     check_choice("init", init, INITS)
     check_choice("norm", norm, NORMS)
-    if not isinstance(residual, bool):
-        raise ValueError(f"residual must be True or False, got {residual!r}")
-    if not isinstance(preactivation, bool):
-        raise ValueError(f"preactivation must be True or False, got {preactivation!r}")
+    check_bool("residual", residual)
+    check_bool("preactivation", preactivation)
     if preactivation and not residual:
         raise ValueError("preactivation=True needs residual=True (it arranges a residual block)")
-    if init == "normal" and (std is None or not std > 0):
-        raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
+    check_init_std(init, std)
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     layers["fc1"] = nn.Linear(in_features, width)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from course_lib import get_device, seed_everything
+from course_lib.core import check_bool
 
 
 def test_seed_everything_makes_every_generator_repeat():
@@ -46,3 +47,10 @@ def test_get_device_rejects_unknown_names():
 def test_get_device_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="no CUDA device"):
         get_device("cuda")
+
+
+def test_check_bool_accepts_only_true_and_false():
+    assert check_bool("residual", True) is True and check_bool("residual", False) is False
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(ValueError, match="residual must be True or False"):
+            check_bool("residual", bad)
