@@ -8,72 +8,16 @@ that :mod:`course_lib.instrument` and :mod:`course_lib.plots` label them the way
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from course_lib.core import check_bool, check_choice, check_positive_int
-from course_lib.models import ACTIVATIONS, check_init_std, make_activation
+from course_lib.core import check_bool, check_choice, check_float, check_positive_int
+from course_lib.models import ACTIVATIONS, check_init, init_, make_activation
 
 #: Normalization names for :func:`cnn` (``None``: no normalization layer).
 CONV_NORMS: tuple[str | None, ...] = (None, "batch")
-
-#: Initialization names for :func:`cnn`. ``default`` keeps PyTorch's own init
-#: (kaiming_uniform with a=sqrt(5), Var[w] = 1/(3 fan_in), *not* He init).
-CONV_INITS: tuple[str, ...] = ("default", "normal", "lecun_normal", "xavier_normal",
-                               "xavier_uniform", "kaiming_normal", "kaiming_uniform", "orthogonal")
-
-
-def fan_in_out(layer: nn.Module) -> tuple[int, int]:
-    """(fan_in, fan_out) of a ``nn.Conv2d``/``nn.Linear``: in_channels*k*k and out_channels*k*k."""
-    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-        raise ValueError(f"layer must be nn.Linear or nn.ConvNd, got {type(layer).__name__}")
-    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
-    return int(fan_in), int(fan_out)
-
-
-def init_layer_(layer: nn.Module, init: str, activation: str = "relu",
-                std: float | None = None) -> None:
-    """Initialize one conv or linear layer in place (biases become zero, except for ``default``).
-
-    Fans count the kernel: fan_in = in_channels * kh * kw. ``kaiming_*`` gives Var = 2/fan_in
-    (He et al. 2015), ``xavier_*`` Var = 2/(fan_in + fan_out) (Glorot & Bengio 2010),
-    ``lecun_normal`` Var = 1/fan_in, ``normal`` N(0, std^2).
-    """
-    check_choice("init", init, CONV_INITS)
-    fan_in, _ = fan_in_out(layer)
-    if init == "default":
-        return
-    w = layer.weight
-    if init == "normal":
-        if std is None or not std > 0:
-            raise ValueError(f"init 'normal' needs a positive std, got {std!r}")
-        nn.init.normal_(w, 0.0, float(std))
-    elif init == "lecun_normal":
-        nn.init.normal_(w, 0.0, 1.0 / math.sqrt(fan_in))
-    elif init == "xavier_normal":
-        nn.init.xavier_normal_(w)
-    elif init == "xavier_uniform":
-        nn.init.xavier_uniform_(w)
-    elif init in ("kaiming_normal", "kaiming_uniform"):
-        slope = 0.01 if activation == "leaky_relu" else 0.0
-        fn = nn.init.kaiming_normal_ if init == "kaiming_normal" else nn.init.kaiming_uniform_
-        fn(w, a=slope, mode="fan_in", nonlinearity="leaky_relu")
-    elif init == "orthogonal":
-        nn.init.orthogonal_(w)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-
-
-def check_residual_scale(residual_scale: float) -> float:
-    """Return ``residual_scale`` as a float; ValueError unless it is a finite number > 0."""
-    if isinstance(residual_scale, bool) or not isinstance(residual_scale, (int, float)) \
-            or not math.isfinite(residual_scale) or residual_scale <= 0:
-        raise ValueError(f"residual_scale must be a finite number > 0 (e.g. 1.0 or 1/sqrt(depth)), "
-                         f"got {residual_scale!r}")
-    return float(residual_scale)
 
 
 class ConvResidualBlock(nn.Module):
@@ -84,7 +28,7 @@ class ConvResidualBlock(nn.Module):
     def __init__(self, channels: int, activation: str, norm: str | None, *,
                  residual_scale: float = 1.0) -> None:
         super().__init__()
-        self.residual_scale = check_residual_scale(residual_scale)
+        self.residual_scale = check_float("residual_scale", residual_scale, positive=True)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
         if norm == "batch":
             self.norm = nn.BatchNorm2d(channels)
@@ -114,8 +58,8 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
         norm: ``None`` or ``"batch"`` (BatchNorm2d before the activation; convs then drop their
             bias).
         activation: one of :data:`course_lib.models.ACTIVATIONS`.
-        init: one of :data:`CONV_INITS`, applied to every conv and to ``out`` (``std`` for
-            ``normal``).
+        init: one of :data:`course_lib.models.INITS`, applied to every conv and to ``out`` by
+            :func:`course_lib.models.init_` (``std`` for ``normal``).
         residual_scale: factor on each residual branch, ``x + residual_scale * branch(x)``
             (finite, > 0; only used with ``residual=True``). ``1/sqrt(depth)`` keeps the
             stream's variance from growing with depth, as in :func:`course_lib.models.mlp`.
@@ -129,10 +73,9 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
     channels = check_positive_int("channels", channels)
     check_choice("norm", norm, CONV_NORMS)
     check_choice("activation", activation, ACTIVATIONS)
-    check_choice("init", init, CONV_INITS)
+    check_init(init, std)
     check_bool("residual", residual)
-    residual_scale = check_residual_scale(residual_scale)
-    check_init_std(init, std)
+    residual_scale = check_float("residual_scale", residual_scale, positive=True)
     bad = [d for d in downsample if not isinstance(d, int) or not 1 <= d <= depth]
     if bad:
         raise ValueError(f"downsample holds layer numbers in 1..{depth}, got {bad}")
@@ -161,5 +104,5 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
     model = nn.Sequential(layers)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            init_layer_(module, init, activation=activation, std=std)
+            init_(module, init, activation=activation, std=std)
     return model

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from course_lib.instrument import _weights_of, snapshot, weight_layers
+from course_lib.instrument import snapshot
+from course_lib.layers import layer_parameters, select_layers
 
 #: A finding ``vanishing`` when the first layer's signal is below this fraction of the largest.
 VANISHING_DECAY = 1e-2
@@ -271,7 +272,7 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if loss_fn is not None and not callable(loss_fn):
         raise ValueError(f"loss_fn must be None (cross-entropy for class indices, MSE for float "
                          f"targets) or a callable loss_fn(output, y), got {type(loss_fn).__name__}")
-    if not weight_layers(model):
+    if not select_layers(model):
         raise ValueError("the model has no layers with parameters to diagnose")
 
     if torch.is_floating_point(x):  # lets recurrent layers fed with raw data see dL/dx_t
@@ -294,15 +295,20 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             h.remove()
     temporal = {k: v for k, v in temporal.items() if v}
 
-    modules = dict(weight_layers(model))
+    modules = select_layers(model)
+    grads, signals = trace.profile("grad_norm", 0), trace.profile("signal_norm", 0)
     layers: dict[str, dict[str, float]] = {}
-    for name, g, s in zip(trace.layers, trace.grad_norm[0].tolist(), trace.signal_norm[0].tolist()):
+    for name in trace.layers:
         with torch.no_grad():
-            w = math.sqrt(sum(float(p.detach().float().norm()) ** 2 for p in _weights_of(modules[name])))
-        layers[name] = {"grad_norm": g, "signal_norm": s, "weight_norm": w,
+            w = math.sqrt(sum(float(p.detach().float().norm()) ** 2
+                              for p in layer_parameters(modules[name])))
+        g = grads[name]
+        layers[name] = {"grad_norm": g, "signal_norm": signals[name], "weight_norm": w,
                         "grad_to_weight": g / w if w > 0 else math.nan}
-    acts = {name: {"mean": float(trace.act_mean[0, i]), "std": float(trace.act_std[0, i]),
-                   "saturated": float(trace.saturated[0, i]), "dead": float(trace.dead[0, i])}
+    acts = {name: {"mean": float(trace.stats["act_mean"][0, i]),
+                   "std": float(trace.stats["act_std"][0, i]),
+                   "saturated": float(trace.stats["saturated"][0, i]),
+                   "dead": float(trace.stats["dead"][0, i])}
             for i, name in enumerate(trace.act_layers)}
     loss = losses[0] if losses else math.nan
     findings = _find(model, layers, acts, temporal, loss)

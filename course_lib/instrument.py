@@ -1,60 +1,54 @@
-"""Per-layer statistics of any ``nn.Module`` through forward and backward hooks.
+"""Measure any ``nn.Module`` per layer: one backward pass, or every few steps of a training run.
 
-What is measured, per *weight-bearing* layer (any module with parameters of its own that is not
-an activation: Linear, Conv, RNN/LSTM/GRU, BatchNorm/LayerNorm, ...):
+- :func:`gradient_norms` → a :class:`~course_lib.records.Profile` of ||dL/dW|| per layer;
+- :func:`snapshot` → a one-step :class:`~course_lib.records.Trace` with every statistic;
+- :class:`Recorder` → the statistics at every ``every``-th step of a training loop, one ``with``
+  per step (``fit`` and ``train_policy`` use it through :func:`course_lib.train.optimizer_step`);
+- :func:`capture_activations`, :func:`first_nonfinite_output`;
+- :func:`gradient_flow_data`: the gradient-flow explorer's numbers for a fresh MLP.
 
-- ``grad_norm``: L2 norm of the gradient of its weights (parameters whose name starts with
-  ``weight``, or all of its own parameters when none does);
-- ``signal_norm``: L2 norm of dL/d(output of the layer), the backpropagated signal;
-- ``weight_norm`` and ``update_ratio`` = ||w_after - w_before|| / ||w_after|| per optimizer step;
+Layers are chosen at the source by :func:`course_lib.layers.select_layers` (main-path weights by
+default) and ordered input to output by the forward pass. Per layer: ``grad_norm`` (||dL/dW||,
+float64), ``signal_norm`` (||dL/dh|| of the layer's output, squares summed over its calls),
+``weight_norm`` and ``update_ratio`` (||ΔW|| / ||W|| of an optimizer step). Per activation site
+(:mod:`course_lib.hooks`): the statistics of :mod:`course_lib.stats`. A parameter without a
+gradient (frozen, unused) gives NaN, never 0.
 
-and per activation module (Sigmoid, Tanh, ReLU family, GELU, SiLU, ...):
-
-- ``act_mean``, ``act_std`` of its output;
-- ``saturated``: fraction of outputs where the local derivative is below 5 % of its peak
-  (sigmoid/tanh only; NaN for other activations);
-- ``dead``: fraction of units whose output is exactly zero for every example in the batch.
-
-Statistics stay on the model's device as tensors; nothing is copied to the host until
-:meth:`Recorder.trace` is called, so recording costs no host synchronization per layer per step.
+Statistics stay on the model's device until :meth:`Recorder.trace` copies them to the CPU at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Module types treated as activation functions (their outputs are the "activations").
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU,
-    nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
-    nn.Identity,
-)
+from course_lib.core import check_bool, check_choice, check_positive_int
+from course_lib.gradients import norms64
+from course_lib.hooks import ActivationCapture, Hooks
+from course_lib.layers import LAYER_SETS, activation_modules, layer_parameters, select_layers
+from course_lib.records import ACTIVATION_STATS, LAYER_STATS, Profile, Trace
+from course_lib.stats import grouped_norms, site_stats
 
-#: Fraction of the derivative's peak below which a sigmoid/tanh unit counts as saturated.
-SATURATION_THRESHOLD = 0.05
-
-
-def _saturation_mask(module: nn.Module, out: torch.Tensor) -> torch.Tensor | None:
-    """Boolean mask of saturated outputs, from the output alone; None for non-saturating types."""
-    if isinstance(module, nn.Sigmoid):  # sigmoid' = s (1 - s), peak 1/4
-        return out * (1 - out) < SATURATION_THRESHOLD * 0.25
-    if isinstance(module, nn.Tanh):  # tanh' = 1 - t^2, peak 1
-        return 1 - out * out < SATURATION_THRESHOLD
-    return None
+Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 
 
+# -- what goes in and comes out of a model ----------------------------------------------------------
 def default_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy when ``y`` holds class indices, mean squared error when it is float."""
     if not torch.is_floating_point(y) and not torch.is_complex(y):
         if output.ndim < 2:
             raise ValueError(f"class-index targets need logits of shape (n, classes), got "
                              f"{tuple(output.shape)}")
+        if output.ndim > 2:  # (n, ..., classes) against (n, ...): e.g. a language model
+            return F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
         return F.cross_entropy(output, y)
     if output.shape != y.shape:
         raise ValueError(f"float targets must match the output's shape: output "
@@ -62,441 +56,485 @@ def default_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(output, y)
 
 
-def _first_tensor(out: object) -> torch.Tensor | None:
-    """The first tensor of a module's output (RNNs return (output, hidden))."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)):
-        for item in out:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
+def output_tensor(output: Any) -> torch.Tensor:
+    """The tensor a default loss reads from a model's output: the output itself, the first tensor
+    of a tuple or list, or of a dict / dataclass (a Hugging Face ``ModelOutput``), preferring a
+    ``logits`` entry.
 
-
-def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules with parameters of their own that are not activations, in registration order."""
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, ACTIVATION_TYPES):
+    Raises:
+        ValueError: the output holds no tensor (then pass a ``loss_fn`` that reads it).
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        items = list(output.items())
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = [(f.name, getattr(output, f.name)) for f in dataclasses.fields(output)]
+    elif isinstance(output, (tuple, list)):
+        items = list(enumerate(output))
+    else:
+        items = []
+    items.sort(key=lambda kv: kv[0] != "logits")
+    for _, value in items:
+        if value is None:
             continue
-        if any(True for _ in module.parameters(recurse=False)):
-            found.append((name or type(module).__name__, module))
-    return found
+        try:
+            return output_tensor(value)
+        except ValueError:
+            continue
+    raise ValueError(f"the model's output ({type(output).__name__}) holds no tensor; pass "
+                     "loss_fn(output, y) that computes the loss from it")
 
 
-def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Activation modules (see :data:`ACTIVATION_TYPES`) in registration order."""
-    return [(name or type(m).__name__, m) for name, m in model.named_modules()
-            if isinstance(m, ACTIVATION_TYPES)]
+def call_model(model: nn.Module, x: Any) -> Any:
+    """``model(x)`` for a tensor, ``model(*x)`` for a tuple or list, ``model(**x)`` for a dict."""
+    if isinstance(x, Mapping):
+        return model(**x)
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    return model(x)
 
 
-def _weights_of(module: nn.Module) -> list[torch.Tensor]:
-    params = dict(module.named_parameters(recurse=False))
-    weights = [p for n, p in params.items() if n.startswith("weight")]
-    return weights or list(params.values())
+def batch_size(x: Any) -> int:
+    """Number of examples in ``x``: the first dimension of its first tensor."""
+    if isinstance(x, torch.Tensor):
+        if x.ndim == 0:
+            raise ValueError("x is a 0-d tensor; it needs a batch dimension")
+        return x.shape[0]
+    values = list(x.values()) if isinstance(x, Mapping) else list(x) \
+        if isinstance(x, (tuple, list)) else []
+    for v in values:
+        if isinstance(v, torch.Tensor) and v.ndim > 0:
+            return v.shape[0]
+    raise ValueError(f"x must be a tensor, or a tuple/list/dict holding tensors (model(*x) or "
+                     f"model(**x)), got {type(x).__name__}")
 
 
-@dataclass
-class Trace:
-    """Per-layer statistics over recorded steps (CPU tensors, one row per recorded step).
-
-    ``layers`` name the weight-bearing layers and ``act_layers`` the activation modules, both
-    ordered input to output (by their first call in the forward pass).
-    """
-
-    steps: torch.Tensor
-    layers: list[str]
-    grad_norm: torch.Tensor
-    signal_norm: torch.Tensor
-    weight_norm: torch.Tensor
-    update_ratio: torch.Tensor
-    act_layers: list[str] = field(default_factory=list)
-    act_mean: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
-    act_std: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
-    saturated: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
-    dead: torch.Tensor = field(default_factory=lambda: torch.empty(0, 0))
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def at(self, row: int = -1, stat: str = "grad_norm") -> dict[str, float]:
-        """One recorded step's ``stat`` as ``{layer: value}``, input to output."""
-        names = self.act_layers if stat in ("act_mean", "act_std", "saturated", "dead") else self.layers
-        if stat not in ("grad_norm", "signal_norm", "weight_norm", "update_ratio", "act_mean",
-                        "act_std", "saturated", "dead"):
-            raise ValueError(f"unknown stat {stat!r}; valid: 'grad_norm', 'signal_norm', "
-                             "'weight_norm', 'update_ratio', 'act_mean', 'act_std', 'saturated', "
-                             "'dead'")
-        values = getattr(self, stat)
-        if len(values) == 0:
-            raise ValueError("the trace holds no recorded steps")
-        return {n: float(v) for n, v in zip(names, values[row])}
+def check_batch(model: nn.Module, x: Any, y: Any) -> None:
+    """ValueError unless ``model`` is a module and ``x`` and ``y`` hold the same number of
+    examples (``y`` may be None)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    n = batch_size(x)
+    if y is not None:
+        if not isinstance(y, torch.Tensor):
+            raise ValueError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        if y.ndim == 0 or y.shape[0] != n:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else f"{n} examples"
+            raise ValueError(f"x and y must have the same number of examples (first dimension), "
+                             f"got {shape} and {tuple(y.shape)}")
 
 
+# -- the recorder -------------------------------------------------------------------------------
 class Recorder:
-    """Hooks that record per-layer statistics; use as a context manager to remove them on exit.
+    """Per-layer statistics at every ``every``-th step of a training loop.
 
-    A training step with recording looks like::
+    Use it as a context manager and wrap each step in :meth:`step`; a recorded step measures its
+    forward pass (hooks attached for that step only), its gradients and its update::
 
-        with Recorder(model) as rec:
-            for step, (x, y) in enumerate(loader):
-                rec.capture = True            # compute forward statistics on this step
-                loss = loss_fn(model(x), y)
-                opt.zero_grad(); loss.backward()
-                rec.record_gradients()
-                rec.snapshot_weights(); opt.step(); rec.record_updates()
-                rec.end_step(step)
+        with Recorder(model, every=10) as rec:
+            for i, (x, y) in enumerate(loader):
+                with rec.step(i):
+                    loss = loss_fn(model(x), y)
+                    optimizer_step(opt, loss, params, recorder=rec)   # course_lib.train
         trace = rec.trace()
+
+    Without :func:`course_lib.train.optimizer_step`, call :meth:`record_gradients` after
+    ``backward()`` inside the step.
+
+    Args:
+        layers: the layer set (:data:`course_lib.layers.LAYER_SETS`).
+        activations: record activation statistics; ``functional`` also sees functional
+            activations (``torch.sigmoid`` in ``forward``: slower, for one-off measurements).
+        signals: record ||dL/dh|| of each layer's output.
     """
 
-    def __init__(self, model: nn.Module, activations: bool = True, signals: bool = True) -> None:
+    def __init__(self, model: nn.Module, *, every: int = 1, layers: str = "main",
+                 activations: bool = True, signals: bool = True, functional: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_choice("layer set", layers, LAYER_SETS)
         self.model = model
-        self._capture = True
-        self._entered = False
-        self._want_acts = activations
-        self._want_signals = signals
-        self._weight_modules = dict(weight_layers(model))
-        self._act_modules = dict(activation_layers(model)) if activations else {}
-        if not self._weight_modules:
-            raise ValueError("the model has no layers with parameters to instrument")
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.every = check_positive_int("every", every)
+        self.layer_set = layers
+        self._want_acts = check_bool("activations", activations)
+        self._want_signals = check_bool("signals", signals)
+        self._functional = check_bool("functional", functional)
+        self._modules = select_layers(model, layers)
+        self._acts = activation_modules(model) if activations else {}
+        if not self._modules:
+            raise ValueError(f"the model has no {'main-path ' if layers == 'main' else ''}layers "
+                             f"with parameters to measure (layer set {layers!r}; valid: "
+                             f"{', '.join(map(repr, LAYER_SETS))})")
         self._order: list[str] = []
-        self._act_order: list[str] = []
-        self._act_now: dict[str, torch.Tensor] = {}
-        self._signal_now: dict[str, list[torch.Tensor]] = {}
-        self._rows: list[dict[str, torch.Tensor]] = []
-        self._row: dict[str, torch.Tensor] = {}
+        self._sites: list[str] = []
+        self._kinds: dict[str, str] = {}
+        self._layout: tuple[list[str], list[nn.Parameter], torch.Tensor] | None = None
+        self._one_each = False
+        self._rows: list[dict[str, Any]] = []
+        self._row: dict[str, Any] | None = None
+        self._signals: dict[str, list[torch.Tensor]] = {}
+        self._outputs: dict[str, list[torch.Tensor]] = {}
+        self._hooks: list[Any] = []
         self._before: list[torch.Tensor] | None = None
-        self._params: list[torch.Tensor] = []
-        self._groups: torch.Tensor | None = None
         self._buffers: list[torch.Tensor] | None = None
-        self._indices: dict[tuple, torch.Tensor] = {}
+        self._next = 0
+        self._open = False
 
-    # -- hooks ---------------------------------------------------------------------------------
-    @property
-    def capture(self) -> bool:
-        """Whether forward passes are measured. Off, the hooks are detached, so the steps that
-        are not recorded run at full speed."""
-        return self._capture
-
-    @capture.setter
-    def capture(self, on: bool) -> None:
-        on = bool(on)
-        if self._entered and on != self._capture:
-            self._attach() if on else self._detach()
-        self._capture = on
-
-    def _attach(self) -> None:
-        for name, module in self._weight_modules.items():
-            self._handles.append(module.register_forward_hook(self._weight_hook(name)))
-        for name, module in self._act_modules.items():
-            self._handles.append(module.register_forward_hook(self._act_hook(name, module)))
-
-    def _detach(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
+    # -- the context --------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
-        self._entered = True
-        if self._capture:
-            self._attach()
+        self._open = True
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def remove(self) -> None:
-        """Remove every hook this recorder attached (also done on leaving the ``with`` block)."""
-        self._detach()
-        self._entered = False
+        """Remove every hook (also done on leaving the ``with`` block); idempotent."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._open = False
 
-    def _weight_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            if name not in self._order:
+    @property
+    def recording(self) -> bool:
+        """Whether the step in progress is being recorded."""
+        return self._row is not None
+
+    @contextmanager
+    def step(self, index: int | None = None) -> Iterator[bool]:
+        """One training step (``index`` defaults to one more than the last). Recorded when
+        ``index % every == 0``; yields whether it is. Hooks live only inside a recorded step."""
+        index = self._next if index is None else int(index)
+        self._next = index + 1
+        if index % self.every != 0:
+            yield False
+            return
+        self._start(index)
+        try:
+            yield True
+        except BaseException:
+            self._row = None
+            raise
+        finally:
+            self.remove_step_hooks()
+        self._finish()
+
+    def remove_step_hooks(self) -> None:
+        """Remove the hooks of the current step (idempotent)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def _start(self, index: int) -> None:
+        self._row = {"step": index}
+        self._signals, self._outputs = {}, {}
+        first_call = self._layout is None
+
+        def on_layer(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+            if first_call and name not in self._order:
                 self._order.append(name)
-            if not (self.capture and self._want_signals):
+            if not self._want_signals or not torch.is_grad_enabled():
                 return
-            out = _first_tensor(output)
-            if out is None or not out.requires_grad:
+            try:
+                out = output_tensor(output)
+            except ValueError:
                 return
+            if out.requires_grad:
+                out.register_hook(lambda g, n=name: self._signals.setdefault(n, []).append(
+                    g.detach()))
 
-            def grad_hook(grad: torch.Tensor) -> None:
-                self._signal_now.setdefault(name, []).append(grad.detach())
+        if first_call or self._want_signals:
+            self._hooks.append(Hooks(self._modules, on_layer))
+        if self._want_acts:
+            def on_act(site: str, kind: str, output: torch.Tensor) -> None:
+                if site not in self._kinds:
+                    self._kinds[site] = kind
+                    self._sites.append(site)
+                self._outputs.setdefault(site, []).append(output.detach())
 
-            out.register_hook(grad_hook)
+            self._hooks.append(ActivationCapture(self.model, on_act, functional=self._functional,
+                                                 modules=self._acts).start())
 
-        return hook
+    def _finish(self) -> None:
+        row, self._row = self._row, None
+        names, _, _ = self._ensure_layout()
+        device = self._device()
+        nan = torch.full((len(names),), math.nan, dtype=torch.float64, device=device)
+        for stat in LAYER_STATS:
+            row.setdefault(stat, nan)
+        if self._signals:
+            grads, owner = [], []
+            for i, name in enumerate(names):
+                for g in self._signals.get(name, ()):
+                    grads.append(g)
+                    owner.append(i)
+            one_each = owner == list(range(len(names)))
+            row["signal_norm"] = grouped_norms(
+                norms64(grads), None if one_each else torch.tensor(owner, device=device),
+                len(names))
+        if self._want_acts:
+            row["sites"] = list(self._sites)
+            row["acts"] = site_stats(self._outputs, self._kinds, row["sites"], device)
+        row.setdefault("loss", torch.full((), math.nan, dtype=torch.float64, device=device))
+        self._signals, self._outputs = {}, {}
+        self._rows.append(row)
 
-    def _act_hook(self, name: str, module: nn.Module) -> Callable:
-        def hook(mod: nn.Module, inputs: object, output: object) -> None:
-            if name not in self._act_order:
-                self._act_order.append(name)
-            if not self.capture or name in self._act_now:
-                return
-            out = _first_tensor(output)
-            if out is not None and out.numel() > 0:
-                self._act_now[name] = out.detach()
+    # -- the layer layout ---------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
 
-        return hook
-
-    def _activation_stats(self, acts: list[str], device: torch.device) -> torch.Tensor:
-        """(len(acts), 4): mean, std, saturated fraction, dead fraction; batched by shape."""
-        result = torch.full((len(acts), 4), math.nan, device=device)
-        groups: dict[tuple, list[int]] = {}
-        for i, name in enumerate(acts):
-            out = self._act_now.get(name)
-            if out is not None:
-                kind = type(self._act_modules[name])
-                groups.setdefault((tuple(out.shape), out.dtype, kind), []).append(i)
-        for (shape, _, kind), idx in groups.items():
-            x = torch.stack([self._act_now[acts[i]] for i in idx]).float()  # (G, N, ...)
-            flat = x.reshape(len(idx), -1)
-            std, mean = torch.std_mean(flat, dim=1) if flat.shape[1] > 1 else \
-                (torch.zeros(len(idx), device=x.device), flat.mean(dim=1))
-            sat = _saturation_mask(self._act_modules[acts[idx[0]]], flat)
-            sat_frac = sat.float().mean(dim=1) if sat is not None else torch.full_like(mean, math.nan)
-            if x.ndim >= 4:  # (G, N, C, ...): a unit is a channel
-                units = x.transpose(1, 2).reshape(len(idx), shape[1], -1)
-            elif x.ndim == 3:  # (G, N, F): a unit is a feature
-                units = x.transpose(1, 2)
-            else:
-                units = x.reshape(len(idx), 1, -1)
-            dead = (units == 0).all(dim=2).float().mean(dim=1)
-            result[self._index(idx, device)] = torch.stack([mean, std, sat_frac, dead], 1)
-        return result
-
-    # -- per-step recording --------------------------------------------------------------------
-    def _layer_params(self) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """All weight tensors in layer order and, for each, the index of its layer."""
-        if self._groups is None or len(self._params) == 0:
-            params, groups = [], []
-            for i, name in enumerate(self.layers):
-                for p in _weights_of(self._weight_modules[name]):
+    def _ensure_layout(self) -> tuple[list[str], list[nn.Parameter], torch.Tensor]:
+        """Layers in forward order (uncalled ones folded into a called ancestor layer, or last),
+        their measured parameters, and each parameter's layer index. Fixed at the first use."""
+        if self._layout is None:
+            called = [n for n in self._order if n in self._modules]
+            owner_of: dict[str, str] = {}
+            for name in self._modules:
+                if name in called:
+                    continue
+                ancestors = [c for c in called if name.startswith(c + ".")]
+                if ancestors:  # used functionally by its parent (MultiheadAttention.out_proj)
+                    owner_of[name] = max(ancestors, key=len)
+            names = called + [n for n in self._modules if n not in called and n not in owner_of]
+            params, owner = [], []
+            for name, module in self._modules.items():
+                layer = owner_of.get(name, name)
+                for p in layer_parameters(module, self.layer_set):
                     params.append(p)
-                    groups.append(i)
-            self._params = params
-            device = params[0].device if params else torch.device("cpu")
-            self._groups = torch.tensor(groups, dtype=torch.long, device=device)
-        return self._params, self._groups
-
-    def _grouped_norm(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        _, groups = self._layer_params()
-        # float64: a float32 norm squares its entries and underflows to 0 below about 1e-19,
-        # while the gradients of a deep sigmoid net reach 1e-35 and are still numbers.
-        norms = torch.stack(torch._foreach_norm([t.double() for t in tensors]))
-        sq = torch.zeros(len(self.layers), dtype=torch.float64,
-                         device=norms.device).index_add_(0, groups, norms * norms)
-        return sq.sqrt()
+                    owner.append(names.index(layer))
+            self._layout = (names, params,
+                            torch.tensor(owner, dtype=torch.long, device=self._device()))
+            self._one_each = owner == list(range(len(names)))
+        return self._layout
 
     @property
     def layers(self) -> list[str]:
-        """Weight-bearing layers, input to output (call order; uncalled ones last)."""
-        rest = [n for n in self._weight_modules if n not in self._order]
-        return self._order + rest
+        """The measured layers, input to output (known after the first recorded forward pass)."""
+        return list(self._ensure_layout()[0]) if self._layout or self._order else \
+            list(self._modules)
 
-    @property
-    def act_layers(self) -> list[str]:
-        """Activation modules, input to output (call order; uncalled ones last)."""
-        rest = [n for n in self._act_modules if n not in self._act_order]
-        return self._act_order + rest
+    # -- gradients and updates (called by optimizer_step, or by hand) --------------------------
+    def record_loss(self, loss: torch.Tensor) -> None:
+        """Keep the step's loss (a scalar tensor) with its statistics."""
+        if self._row is not None:
+            self._row["loss"] = loss.detach().double().reshape(())
 
-    def record_gradients(self) -> torch.Tensor:
-        """After ``backward()``: store and return the per-layer weight-gradient norms (on device)."""
-        params, _ = self._layer_params()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        norms = self._grouped_norm(grads)
-        self._row["grad_norm"] = norms
-        return norms
+    def record_gradients(self, loss: torch.Tensor | None = None) -> None:
+        """After ``backward()`` in a recorded step: ||dL/dW|| per layer from the parameters'
+        ``.grad`` (NaN for a layer none of whose parameters has a gradient)."""
+        if self._row is None:
+            return
+        if loss is not None:
+            self.record_loss(loss)
+        names, params, owner = self._ensure_layout()
+        have = [i for i, p in enumerate(params) if p.grad is not None]
+        self._store_grad_norms(names, owner, have,
+                               norms64([params[i].grad for i in have]) if have else None)
 
-    def snapshot_weights(self) -> None:
-        """Just before ``optimizer.step()``: keep a copy of the weights for the update ratio."""
-        params, _ = self._layer_params()
+    def take_gradient_norms(self, params: Sequence[torch.Tensor], norms: torch.Tensor) -> None:
+        """Per-layer ||dL/dW|| from per-parameter norms already computed (float64) for
+        ``params``: how :func:`course_lib.train.optimizer_step` hands over its numbers."""
+        if self._row is None:
+            return
+        names, mine, owner = self._ensure_layout()
+        position = {id(p): i for i, p in enumerate(params)}
+        have = [i for i, p in enumerate(mine) if id(p) in position]
+        picked = norms[[position[id(mine[i])] for i in have]] if have else None
+        self._store_grad_norms(names, owner, have, picked)
+
+    def _store_grad_norms(self, names: list[str], owner: torch.Tensor, have: list[int],
+                          norms: torch.Tensor | None) -> None:
+        if norms is None:
+            self._row["grad_norm"] = torch.full((len(names),), math.nan, dtype=torch.float64,
+                                                device=self._device())
+            return
+        if self._one_each and len(have) == len(names):
+            self._row["grad_norm"] = norms.to(owner.device)
+            return
+        self._row["grad_norm"] = grouped_norms(norms.to(owner.device), owner[have], len(names))
+
+    def before_update(self) -> None:
+        """Just before ``optimizer.step()`` in a recorded step: keep the weights."""
+        if self._row is None:
+            return
+        _, params, _ = self._ensure_layout()
         if self._buffers is None:
             self._buffers = [p.detach().clone() for p in params]
         else:
             torch._foreach_copy_(self._buffers, [p.detach() for p in params])
         self._before = self._buffers
 
-    def record_updates(self) -> None:
-        """Just after ``optimizer.step()``: store ||delta w|| / ||w|| per layer."""
-        if self._before is None:
-            raise RuntimeError("call snapshot_weights() before the optimizer step")
-        params, _ = self._layer_params()
+    def after_update(self) -> None:
+        """Just after ``optimizer.step()``: ||ΔW|| / ||W|| and ||W|| per layer."""
+        if self._row is None or self._before is None:
+            return
+        names, params, owner = self._ensure_layout()
         after = [p.detach() for p in params]
-        delta = torch._foreach_sub(after, self._before)
-        wn = self._grouped_norm(after)
-        self._row["weight_norm"] = wn
-        self._row["update_ratio"] = self._grouped_norm(delta) / wn.clamp_min(1e-30)
+        torch._foreach_sub_(self._before, after)  # the buffers now hold -ΔW
+        # ||W|| is never tiny (float32 is enough); ||ΔW|| of a vanishing layer is: float64
+        owner = None if self._one_each else owner
+        weight = grouped_norms(torch.stack(torch._foreach_norm(after)).double(), owner,
+                               len(names))
+        self._row["weight_norm"] = weight
+        self._row["update_ratio"] = grouped_norms(norms64(self._before), owner, len(names)) \
+            / weight.clamp_min(1e-300)
         self._before = None
 
-    def end_step(self, step: int) -> None:
-        """Close the current step's row (whatever was measured) and start a new one."""
-        layers, acts = self.layers, self.act_layers
-        ref = next(self.model.parameters())
-        nan_l = torch.full((len(layers),), math.nan, dtype=torch.float64, device=ref.device)
-        row = {
-            "step": int(step),
-            "grad_norm": self._row.get("grad_norm", nan_l),
-            "weight_norm": self._row.get("weight_norm", nan_l),
-            "update_ratio": self._row.get("update_ratio", nan_l),
-        }
-        row["signal_norm"] = self._signal_norms(layers, nan_l)
-        if acts:
-            row["acts"] = self._activation_stats(acts, ref.device)
-        self._rows.append(row)
-        self._row, self._signal_now, self._act_now = {}, {}, {}
-
-    def _index(self, idx: list[int], device: torch.device) -> torch.Tensor:
-        """An index tensor on ``device``, made once (no host-to-device copy per step)."""
-        key = (tuple(idx), str(device))
-        if key not in self._indices:
-            self._indices[key] = torch.tensor(idx, dtype=torch.long, device=device)
-        return self._indices[key]
-
-    def _signal_norms(self, layers: list[str], nan_l: torch.Tensor) -> torch.Tensor:
-        """Norm of dL/d(output) per layer (squares summed over repeated calls)."""
-        grads, owner = [], []
-        for i, name in enumerate(layers):
-            for g in self._signal_now.get(name, ()):
-                grads.append(g.double())
-                owner.append(i)
-        if not grads:
-            return nan_l
-        norms = torch.stack(torch._foreach_norm(grads))
-        idx = self._index(owner, norms.device)
-        sq = torch.zeros(len(layers), dtype=torch.float64, device=norms.device).index_add_(0, idx, norms * norms)
-        seen = torch.zeros(len(layers), dtype=torch.bool, device=norms.device)
-        seen[idx] = True
-        return torch.where(seen, sq.sqrt(), nan_l)
-
+    # -- the result ---------------------------------------------------------------------------
     def trace(self) -> Trace:
         """Everything recorded so far, copied to the CPU in one go."""
-        layers, acts = self.layers, self.act_layers
-        n_l, n_a = len(layers), len(acts)
-        rows = self._rows
-
-        def stack(key: str, width: int) -> torch.Tensor:
-            if not rows:
-                return torch.empty(0, width)
-            return torch.stack([self._pad(r[key], width) for r in rows]).cpu()
-
-        act = (torch.stack([self._pad2(r["acts"], n_a) for r in rows]).cpu()
-               if rows and n_a else torch.empty(len(rows), n_a, 4))
-        return Trace(
-            steps=torch.tensor([r["step"] for r in rows], dtype=torch.long),
-            layers=layers, grad_norm=stack("grad_norm", n_l), signal_norm=stack("signal_norm", n_l),
-            weight_norm=stack("weight_norm", n_l), update_ratio=stack("update_ratio", n_l),
-            act_layers=acts, act_mean=act[..., 0], act_std=act[..., 1], saturated=act[..., 2],
-            dead=act[..., 3],
-        )
-
-    @staticmethod
-    def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
-        """Rows recorded before every layer had run are shorter: pad them with NaN."""
-        if t.shape[0] == width:
-            return t
-        return torch.cat([t, torch.full((width - t.shape[0],), math.nan, dtype=t.dtype, device=t.device)])
-
-    @staticmethod
-    def _pad2(t: torch.Tensor, width: int) -> torch.Tensor:
-        if t.shape[0] == width:
-            return t
-        pad = torch.full((width - t.shape[0], t.shape[1]), math.nan, device=t.device)
-        return torch.cat([t, pad])
+        names = self.layers
+        sites = list(self._sites)
+        n, rows = len(names), self._rows
+        stats: dict[str, np.ndarray] = {}
+        for stat in LAYER_STATS:
+            stats[stat] = (torch.stack([_pad(r[stat], n) for r in rows]).cpu().numpy()
+                           if rows else np.empty((0, n)))
+        if rows and self._want_acts and sites:
+            acts = torch.stack([_place(r["acts"], r["sites"], sites) for r in rows]).cpu().numpy()
+        else:
+            acts = np.full((len(rows), len(sites), len(ACTIVATION_STATS)), np.nan)
+        for k, stat in enumerate(ACTIVATION_STATS):
+            stats[stat] = acts[:, :, k].astype(np.float64)
+        loss = (torch.stack([r["loss"] for r in rows]).cpu().numpy() if rows else np.empty(0))
+        steps = np.array([r["step"] for r in rows], dtype=np.int64)
+        return Trace(steps=steps, layers=names, act_layers=sites, stats=stats, loss=loss)
 
 
-def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> None:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if y is not None:
-        if not isinstance(y, torch.Tensor):
-            raise ValueError(f"y must be a torch.Tensor, got {type(y).__name__}")
-        if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"x and y must have the same number of examples (first dimension), "
-                             f"got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    if t.shape[0] == width:
+        return t
+    return torch.cat([t, torch.full((width - t.shape[0],), math.nan, dtype=t.dtype,
+                                    device=t.device)])
 
 
-def snapshot(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Trace:
-    """One forward and backward pass on (x, y) with every statistic recorded: a one-row Trace.
+def _place(acts: torch.Tensor, row_sites: list[str], sites: list[str]) -> torch.Tensor:
+    """A row's activation statistics laid out on the trace's full site list (NaN elsewhere)."""
+    if row_sites == sites:
+        return acts
+    out = torch.full((len(sites), acts.shape[1]), math.nan, device=acts.device)
+    for i, s in enumerate(row_sites):
+        out[sites.index(s)] = acts[i]
+    return out
 
-    The model's gradients are overwritten; its weights and train/eval mode are left as they are.
-    ``loss_fn(output, y)`` defaults to :func:`default_loss`.
+
+# -- one pass ---------------------------------------------------------------------------------
+def snapshot(model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Loss | None = None, *,
+             layers: str = "main", functional: bool = True) -> Trace:
+    """One forward and backward pass on ``(x, y)`` with every statistic recorded: a one-step
+    :class:`~course_lib.records.Trace` (``trace.profile("grad_norm")``).
+
+    ``x`` is a tensor, a tuple (``model(*x)``) or a dict (``model(**x)``). ``loss_fn(output, y)``
+    receives the model's raw output (a tensor, tuple, dict or ``ModelOutput``); the default,
+    :func:`default_loss`, reads :func:`output_tensor` of it. The model's gradients are
+    overwritten; its weights and train/eval mode are left as they are.
     """
-    _check_batch(model, x, y)
-    loss_fn = loss_fn or default_loss
+    check_batch(model, x, y)
+    if loss_fn is not None and not callable(loss_fn):
+        raise ValueError(f"loss_fn must be None or a callable loss_fn(output, y), got "
+                         f"{type(loss_fn).__name__}")
     model.zero_grad(set_to_none=True)
-    with Recorder(model) as rec:
-        out = model(x)
-        out = _first_tensor(out)
-        if out is None:
-            raise ValueError("the model's output holds no tensor")
-        loss = loss_fn(out, y)
-        if loss.ndim != 0:
-            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    with Recorder(model, layers=layers, functional=functional) as rec, rec.step(0):
+        out = call_model(model, x)
+        loss = loss_fn(out, y) if loss_fn is not None else default_loss(output_tensor(out), y)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"loss_fn must return a scalar tensor, got {shape}")
         loss.backward()
-        rec.record_gradients()
-        rec.end_step(0)
+        rec.record_gradients(loss)
     return rec.trace()
 
 
-def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                   ) -> dict[str, float]:
-    """Weight-gradient norm of every weight-bearing layer after one backward pass, input to output.
-
-    ``loss_fn`` defaults to cross-entropy when ``y`` holds class indices (MSE for float targets).
-    """
-    return snapshot(model, x, y, loss_fn).at(0, "grad_norm")
+def gradient_norms(model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Loss | None = None, *,
+                   layers: str = "main") -> Profile:
+    """||dL/dW|| of every layer after one backward pass, input to output, as a
+    :class:`~course_lib.records.Profile`. ``loss_fn`` defaults to cross-entropy for class indices
+    and MSE for float targets; ``layers`` is the layer set (main-path weights by default)."""
+    return snapshot(model, x, y, loss_fn, layers=layers, functional=False).profile("grad_norm")
 
 
-def _forward_with_hooks(model: nn.Module, x: torch.Tensor,
-                        hooks: list[tuple[nn.Module, Callable]]) -> None:
-    """One no-grad forward pass with temporary forward hooks, removed whatever happens."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+def capture_activations(model: nn.Module, x: Any, *,
+                        functional: bool = True) -> dict[str, torch.Tensor]:
+    """The outputs of every activation site for input ``x`` (no gradients), input to output, on
+    the CPU; a site called several times gives its calls concatenated along the batch."""
+    check_batch(model, x, None)
+    captured: dict[str, list[torch.Tensor]] = {}
+
+    def keep(site: str, kind: str, output: torch.Tensor) -> None:
+        captured.setdefault(site, []).append(output.detach().cpu())
+
+    with torch.no_grad(), ActivationCapture(model, keep, functional=functional):
+        call_model(model, x)
+    return {k: v[0] if len(v) == 1 else torch.cat(v) for k, v in captured.items()}
 
 
-def capture_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs of every activation module for input ``x`` (no gradients), input to output."""
-    _check_batch(model, x, None)
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Callable:
-        def hook(m: nn.Module, i: object, o: object) -> None:
-            out = _first_tensor(o)
-            if out is not None and name not in captured:
-                captured[name] = out.detach().cpu()
-        return hook
-
-    _forward_with_hooks(model, x, [(m, keep(name)) for name, m in activation_layers(model)])
-    return captured
-
-
-def first_nonfinite_output(model: nn.Module, x: torch.Tensor) -> str | None:
-    """Name of the first module (in call order) whose forward output is NaN or infinite."""
+def first_nonfinite_output(model: nn.Module, x: Any) -> str | None:
+    """Name of the first leaf module (in call order) whose forward output is NaN or infinite."""
     found: list[str] = []
 
-    def check(name: str) -> Callable:
-        def hook(m: nn.Module, i: object, o: object) -> None:
-            out = _first_tensor(o)
-            if not found and out is not None and torch.is_floating_point(out) \
-                    and not bool(torch.isfinite(out).all()):
-                found.append(name)
-        return hook
+    def check(name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        try:
+            out = output_tensor(output)
+        except ValueError:
+            return
+        if not found and torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
+            found.append(name)
 
-    leaves = [(m, check(name)) for name, m in model.named_modules()
-              if name and not any(True for _ in m.children())]
-    _forward_with_hooks(model, x, leaves)
+    leaves = {name: m for name, m in model.named_modules()
+              if name and not any(True for _ in m.children())}
+    with torch.no_grad(), Hooks(leaves, check):
+        call_model(model, x)
     return found[0] if found else None
+
+
+# -- the gradient-flow explorer's numbers --------------------------------------------------------
+def gradient_flow_data(depth: int = 10, width: int = 128, activation: str = "sigmoid",
+                       init: str = "default", norm: str | None = None, residual: bool = False,
+                       seed: int = 0, batch_size: int = 128) -> dict[str, Any]:
+    """Per-layer gradient norm and activation statistics of a fresh
+    :func:`course_lib.models.mlp` at initialization.
+
+    One forward and backward pass (:func:`snapshot`, cross-entropy) on a fixed batch: the first
+    ``batch_size`` training images of the 8x8 digits. The model is built from ``seed`` without
+    touching the global random state, on one thread.
+
+    Returns:
+        a dict with ``grad_norm`` (a Profile of the main-path layers), ``act_std`` and
+        ``act_spread`` (Profiles over the activation modules), ``first_over_last``, ``loss``
+        and the arguments under ``params``.
+
+    Raises:
+        ValueError: a bad argument, with the valid choices listed.
+    """
+    from course_lib.core import one_thread
+    from course_lib.data import load_digits
+    from course_lib.models import EXPLORER_INITS, check_norm, mlp
+
+    depth = check_positive_int("depth", depth)
+    width = check_positive_int("width", width)
+    batch_size = check_positive_int("batch_size", batch_size, minimum=2)
+    check_choice("init", init, EXPLORER_INITS)
+    norm = check_norm(norm)
+    residual = check_bool("residual", bool(residual) if isinstance(residual, np.bool_)
+                          else residual)
+    seed = check_positive_int("seed", seed, minimum=0)
+    x, y = load_digits(train=True)
+    x, y = x[:batch_size], y[:batch_size]
+    with one_thread():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = mlp(x.shape[1], 10, depth, width, activation=activation, init=init,
+                        norm=norm, residual=residual)
+        trace = snapshot(model, x, y, functional=False)
+    grads = trace.profile("grad_norm")
+    return {
+        "grad_norm": grads,
+        "act_std": trace.profile("act_std"),
+        "act_spread": trace.profile("act_spread"),
+        "first_over_last": grads.first_over_last(),
+        "loss": float(trace.loss[0]),
+        "params": dict(depth=depth, width=width, activation=activation, init=init,
+                       norm=norm, residual=residual, seed=seed, batch_size=batch_size),
+    }

@@ -4,22 +4,25 @@ Backpropagation through time multiplies one Jacobian per step, ``W^T diag(f'(z_t
 fixed recurrent matrix ``W`` the gradient reaching step t therefore grows or shrinks roughly like
 ``rho(W) ** (T - t)``, where ``rho`` is the spectral radius (Bengio et al. 1994; Pascanu et al. 2013).
 
-- :func:`spectral_radius`, :func:`random_recurrent_matrix`, :func:`unrolled_rnn_grad_norms`,
-  :func:`growth_rate`: a bare recurrence ``h_t = f(W h_{t-1} + x_t)`` with a chosen radius.
+- :func:`spectral_radius`, :func:`random_recurrent_matrix`, :func:`unrolled_rnn_grad_norms`:
+  a bare recurrence ``h_t = f(W h_{t-1} + x_t)`` with a chosen radius; :func:`recurrent_data`,
+  the recurrent explorer's numbers.
 - :class:`SequenceModel`: a one-layer tanh RNN, LSTM or GRU read out by a linear head at the last step.
 - :func:`hidden_grad_norms`: ``||dL/dh_t||`` for every time step ``t`` of a SequenceModel.
-- :func:`clip_by_norm` / :func:`clip_by_value`: gradient clipping written out, returning new tensors.
+
+The per-step factor of such a series is :func:`course_lib.gradients.per_step_factor`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.core import check_choice, check_positive_int
+from course_lib.core import check_choice, check_float, check_positive_int, one_thread
 
 #: Activations of :func:`unrolled_rnn_grad_norms`.
 RNN_ACTIVATIONS = ("linear", "tanh")
@@ -51,7 +54,7 @@ def random_recurrent_matrix(size: int, radius: float, seed: int = 0,
 
 
 def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "linear",
-                            batch: int = 32, input_scale: float = 1.0,
+                            batch_size: int = 32, input_scale: float = 1.0,
                             seed: int = 0) -> torch.Tensor:
     """||dL/dh_t|| for t = 1..seq_len of the RNN ``h_t = f(W h_{t-1} + x_t)``, ``h_0 = 0``.
 
@@ -62,7 +65,7 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise ValueError(f"w must be a square matrix, got shape {tuple(w.shape)}")
     seq_len = check_positive_int("seq_len", seq_len)
-    batch = check_positive_int("batch", batch)
+    batch = check_positive_int("batch_size", batch_size)
     check_choice("activation", activation, RNN_ACTIVATIONS)
     gen = torch.Generator().manual_seed(int(seed))
     size = w.shape[0]
@@ -78,17 +81,6 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
         states.append(h)
     (h.sum() / batch).backward()
     return torch.stack([s.grad.norm() for s in states]).detach().cpu()
-
-
-def growth_rate(norms: torch.Tensor) -> float:
-    """Per-step factor by which ``norms`` grow going *back* in time (a log-linear fit)."""
-    norms = torch.as_tensor(norms, dtype=torch.float64).flatten()
-    if len(norms) < 2 or not bool((norms > 0).all()):
-        raise ValueError("need at least two positive norms")
-    steps_back = torch.arange(len(norms) - 1, -1, -1, dtype=torch.float64)
-    design = torch.stack([steps_back, torch.ones_like(steps_back)], 1)
-    slope = torch.linalg.lstsq(design, norms.log().unsqueeze(1)).solution[0, 0]
-    return float(slope.exp())
 
 
 #: Recurrent cell names accepted by :class:`SequenceModel`.
@@ -144,12 +136,6 @@ def _check_input(model: SequenceModel, x: torch.Tensor) -> None:
     if x.shape[-1] != model.rnn.input_size:
         raise ValueError(f"x has {x.shape[-1]} input channels, the model expects "
                          f"{model.rnn.input_size}")
-
-
-def sequence_model(cell: str, input_size: int, hidden_size: int, output_size: int = 1,
-                   forget_bias: float | None = None) -> SequenceModel:
-    """Build a :class:`SequenceModel` (same arguments)."""
-    return SequenceModel(cell, input_size, hidden_size, output_size, forget_bias)
 
 
 def set_forget_bias_(model: SequenceModel, value: float) -> None:
@@ -208,58 +194,57 @@ def hidden_grad_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor,
     return norms
 
 
-def decay_per_step(norms: torch.Tensor) -> float:
-    """Geometric-mean factor by which ``norms`` shrink per step going back from the last step:
-    ``(norms[0] / norms[-1]) ** (1 / (T - 1))`` (below 1: vanishing)."""
-    norms = torch.as_tensor(norms, dtype=torch.float64)
-    if norms.ndim != 1 or len(norms) < 2:
-        raise ValueError(f"norms must be 1-D with at least 2 entries, got shape {tuple(norms.shape)}")
-    if not bool((norms > 0).all()):
-        raise ValueError("norms must be positive")
-    return float((norms[0] / norms[-1]) ** (1.0 / (len(norms) - 1)))
+# -- the recurrent explorer's numbers -------------------------------------------------------------
+#: Recurrent weight matrices of :func:`recurrent_data`.
+RNN_WEIGHTS: tuple[str, ...] = ("gaussian", "orthogonal")
 
 
-def _check_grads(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    grads = list(grads)
-    if not grads or not all(isinstance(g, torch.Tensor) for g in grads):
-        raise ValueError("grads must be a non-empty sequence of tensors")
-    return grads
+def recurrent_data(seq_len: int = 50, radius: float = 0.9, activation: str = "tanh",
+                   hidden_size: int = 64, weights: str = "gaussian", seed: int = 0,
+                   batch_size: int = 32, input_scale: float = 0.1) -> dict[str, Any]:
+    """||dL/dh_t|| over time in a vanilla RNN ``h_t = f(W h_{t-1} + x_t)``, ``h_0 = 0``.
 
+    ``W`` (hidden_size x hidden_size) is a random matrix rescaled to spectral radius ``radius``
+    (``gaussian``: i.i.d. normal entries; ``orthogonal``: a random orthogonal matrix, so every
+    singular value equals ``radius`` too). ``f`` is tanh or the identity (``linear``). Inputs
+    ``x_t`` are Gaussian with std ``input_scale``: small inputs (0.1) start tanh in its
+    near-linear range, so what you see at small radius is the recurrent matrix, not saturation by
+    the input. The loss reads only the last state, ``L = sum(h_T) / batch_size``, so dL/dh_t
+    measures how much step t can still learn from the end of the sequence. The computation is
+    :func:`unrolled_rnn_grad_norms` in float64 (``radius ** seq_len`` can exceed float32's range).
 
-def global_norm(grads: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of all tensors in ``grads`` taken together (as if concatenated)."""
-    grads = _check_grads(grads)
-    return torch.sqrt(sum((g.detach().double() ** 2).sum() for g in grads)).float()
+    Returns:
+        a dict with ``t`` (1..seq_len), ``grad_norm`` (||dL/dh_t|| over the batch),
+        ``reference`` (``radius ** (T - t)`` scaled to ``grad_norm`` at t = T: the linear
+        prediction), ``first_over_last`` and ``params``.
 
-
-def clip_by_norm(grads: Sequence[torch.Tensor], max_norm: float,
-                 eps: float = 1e-6) -> list[torch.Tensor]:
-    """New tensors: ``grads`` scaled by ``min(1, max_norm / (global_norm + eps))`` (the rule of
-    ``torch.nn.utils.clip_grad_norm_``). The direction never changes."""
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm!r}")
-    grads = _check_grads(grads)
-    scale = torch.clamp(max_norm / (global_norm(grads) + eps), max=1.0)
-    return [g * scale.to(g.dtype) for g in grads]
-
-
-def clip_by_value(grads: Sequence[torch.Tensor], clip_value: float) -> list[torch.Tensor]:
-    """New tensors: every entry clamped to ``[-clip_value, clip_value]`` (the rule of
-    ``torch.nn.utils.clip_grad_value_``). Large entries are cut more than small ones, so the
-    direction changes."""
-    if not clip_value > 0:
-        raise ValueError(f"clip_value must be positive, got {clip_value!r}")
-    return [g.clamp(-clip_value, clip_value) for g in _check_grads(grads)]
-
-
-def cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    """Cosine of the angle between two gradients given as lists of tensors (flattened together)."""
-    a, b = _check_grads(a), _check_grads(b)
-    if [t.shape for t in a] != [t.shape for t in b]:
-        raise ValueError("a and b must hold tensors of the same shapes")
-    va = torch.cat([t.detach().double().flatten() for t in a])
-    vb = torch.cat([t.detach().double().flatten() for t in b])
-    denom = va.norm() * vb.norm()
-    if denom == 0:
-        raise ValueError("cosine of a zero vector is undefined")
-    return float(va @ vb / denom)
+    Raises:
+        ValueError: a bad argument, with the valid choices listed.
+    """
+    seq_len = check_positive_int("seq_len", seq_len, minimum=2)
+    radius = check_float("radius", radius, 0.0, 10.0)
+    check_choice("activation", activation, RNN_ACTIVATIONS)
+    hidden_size = check_positive_int("hidden_size", hidden_size, minimum=2)
+    check_choice("weights", weights, RNN_WEIGHTS)
+    seed = check_positive_int("seed", seed, minimum=0)
+    batch_size = check_positive_int("batch_size", batch_size)
+    input_scale = check_float("input_scale", input_scale, 0.0, 100.0)
+    with one_thread():
+        w = random_recurrent_matrix(hidden_size, radius, seed,
+                                    orthogonal=weights == "orthogonal", dtype=torch.float64)
+        with torch.enable_grad():
+            norms = unrolled_rnn_grad_norms(w, seq_len, activation, batch_size=batch_size,
+                                            input_scale=input_scale, seed=seed).tolist()
+    last = norms[-1]
+    reference = [last * radius ** (seq_len - 1 - t) if radius > 0
+                 else (last if t == seq_len - 1 else 0.0) for t in range(seq_len)]
+    first_over_last = norms[0] / last if last != 0 else float("nan")
+    return {
+        "t": list(range(1, seq_len + 1)),
+        "grad_norm": norms,
+        "reference": reference,
+        "first_over_last": first_over_last,
+        "params": dict(seq_len=seq_len, radius=radius, activation=activation,
+                       hidden_size=hidden_size, weights=weights, seed=seed,
+                       batch_size=batch_size, input_scale=input_scale),
+    }

@@ -4,8 +4,10 @@
 ``batch_episodes`` episodes, computes discounted returns-to-go, subtracts their batch mean and
 divides by their standard deviation (the normalized advantage), and takes one Adam step on the
 loss ``-mean(log pi(a|s) * A)``. Gradient-norm clipping (``clip_norm``) is optional, as in
-Stable-Baselines3's A2C/PPO (``max_grad_norm=0.5``). Per-layer gradient norms are recorded with
-:class:`course_lib.instrument.Recorder` at every update (before clipping).
+Stable-Baselines3's A2C/PPO (``max_grad_norm=0.5``). The update is
+:class:`course_lib.train.OptimizerStep`, the same step :func:`course_lib.train.fit` takes, and
+per-layer gradient norms are recorded with :class:`course_lib.instrument.Recorder` at every
+update (before clipping).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from course_lib.core import check_positive_int
-from course_lib.instrument import Recorder, Trace
+from course_lib.core import check_float, check_positive_int
+from course_lib.instrument import Recorder
 from course_lib.models import mlp
+from course_lib.records import Trace
+from course_lib.train import OptimizerStep
 
 
 @dataclass
@@ -86,6 +90,11 @@ def reinforce_loss(log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.T
     return -(log_probs * advantages.detach()).mean()
 
 
+def _log_probs(policy: nn.Module, x: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """log pi(a_t | s_t) of the actions taken."""
+    return torch.log_softmax(policy(x), -1).gather(1, acts[:, None]).squeeze(1)
+
+
 def moving_average(values: Sequence[float], window: int = 20) -> np.ndarray:
     """Trailing moving average (shorter windows at the start), same length as ``values``."""
     window = check_positive_int("window", window)
@@ -128,8 +137,8 @@ def train_policy(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int =
         raise ValueError(f"lr must be positive, got {lr!r}")
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm!r}")
+    if clip_norm is not None:
+        clip_norm = check_float("clip_norm", clip_norm, positive=True)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     try:
@@ -146,7 +155,7 @@ def train_policy(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int =
     device = next(policy.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    params = [p for p in policy.parameters() if p.requires_grad]
+    stepper = OptimizerStep(policy, opt, clip_norm=clip_norm)
     history = PolicyHistory()
     recorder = Recorder(policy, activations=False, signals=False) if record else None
     n_updates = -(-episodes // batch_episodes)
@@ -156,8 +165,6 @@ def train_policy(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int =
     bar = tqdm(range(n_updates), desc=desc or "REINFORCE", disable=not progress, leave=False,
                unit="update", dynamic_ncols=True)
     try:
-        if recorder is not None:
-            recorder.__enter__()
         for update in bar:
             obs_batch, act_batch, adv_batch = [], [], []
             policy.eval()
@@ -197,28 +204,23 @@ def train_policy(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int =
             x = torch.stack(obs_batch).to(device)
             acts = torch.tensor(act_batch, device=device)
             adv = normalize_advantages(torch.cat(adv_batch)).to(device)
-            logp = torch.log_softmax(policy(x), -1).gather(1, acts[:, None]).squeeze(1)
-            loss = reinforce_loss(logp, adv)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             if recorder is not None:
-                recorder.record_gradients()
-            grads = [p.grad for p in params if p.grad is not None]
-            total = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-            history.total_grad_norm.append(total)
+                with recorder.step(update):
+                    loss = reinforce_loss(_log_probs(policy, x, acts), adv)
+                    total = stepper(loss, update, recorder, measure=True)
+            else:
+                loss = reinforce_loss(_log_probs(policy, x, acts), adv)
+                total = stepper(loss, update, measure=True)
+            history.total_grad_norm.append(float(total))
             if clip_norm is not None:
-                n_clipped += total > clip_norm
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
-            if recorder is not None:
-                recorder.end_step(update)
+                n_clipped += float(total) > clip_norm
             bar.set_postfix({"return": f"{np.mean(history.returns[-batch_episodes:]):.0f}"})
     finally:
         bar.close()
         for e in envs:
             e.close()
         if recorder is not None:
-            recorder.__exit__(None, None, None)
+            recorder.remove()
     history.seconds = time.perf_counter() - start
     history.clipped = n_clipped / n_updates if clip_norm is not None else 0.0
     if recorder is not None:

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.convnets import ConvResidualBlock, cnn, fan_in_out, init_layer_
+from course_lib.convnets import ConvResidualBlock, cnn
+from course_lib.models import fan_in_out, init_
 from course_lib.instrument import gradient_norms
 
 
@@ -17,14 +18,18 @@ def test_cnn_shapes_and_names(norm, residual):
     names = list(gradient_norms(m, torch.randn(4, 1, 12, 12), torch.tensor([0, 1, 2, 3])))
     assert names[0] == "conv1" and names[-1] == "out"
     assert ("block4.conv" in names) == residual and ("conv4" in names) != residual
-    assert any("norm" in n for n in names) == (norm == "batch")
+    # main-path layers only: BatchNorm's gains are one-dimensional and are not layers
+    assert not any("norm" in n for n in names)
+    all_names = list(gradient_norms(m, torch.randn(4, 1, 12, 12), torch.tensor([0, 1, 2, 3]),
+                                    layers="all"))
+    assert any("norm" in n for n in all_names) == (norm == "batch")
 
 
 def test_he_init_std_counts_the_kernel():
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 32, 3)
     assert fan_in_out(conv) == (144, 288)
-    init_layer_(conv, "kaiming_normal")
+    assert init_(conv, "kaiming_normal") is conv
     assert abs(conv.weight.std().item() - math.sqrt(2 / 144)) < 0.01
     assert conv.bias.abs().max() == 0
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.models import ACTIVATIONS, INITS, ResidualBlock, count_parameters, init_linear_, mlp
+from course_lib.models import ACTIVATIONS, INITS, ResidualBlock, count_parameters, init_, mlp
 
 
 def linears(model):
@@ -50,7 +50,7 @@ def test_residual_blocks_add_the_identity():
 
 
 def test_residual_scale_scales_the_branch():
-    block = ResidualBlock(6, "identity", None, scale=0.5)
+    block = ResidualBlock(6, "identity", None, residual_scale=0.5)
     x = torch.randn(2, 6)
     assert torch.allclose(block(x), x + 0.5 * block.fc(x))
 
@@ -66,7 +66,7 @@ def test_residual_scale_scales_the_branch():
 def test_init_variances_match_the_formulas(init, expected_var):
     torch.manual_seed(0)
     layer = nn.Linear(400, 300)
-    init_linear_(layer, init)
+    init_(layer, init)
     var = layer.weight.var().item()
     assert var == pytest.approx(expected_var(400, 300), rel=0.05)
     if init != "default":
@@ -75,13 +75,13 @@ def test_init_variances_match_the_formulas(init, expected_var):
 
 def test_kaiming_and_default_differ_by_a_factor_of_six():
     a, b = nn.Linear(500, 500), nn.Linear(500, 500)
-    init_linear_(b, "kaiming_normal")
+    init_(b, "kaiming_normal")
     assert b.weight.var().item() / a.weight.var().item() == pytest.approx(6.0, rel=0.05)
 
 
 def test_kaiming_for_leaky_relu_uses_the_slope():
     layer = nn.Linear(1000, 1000)
-    init_linear_(layer, "kaiming_normal", activation="leaky_relu")
+    init_(layer, "kaiming_normal", activation="leaky_relu")
     assert layer.weight.var().item() == pytest.approx(2 / (1 + 0.01**2) / 1000, rel=0.05)
 
 
@@ -107,7 +107,7 @@ def test_unknown_names_list_the_valid_ones():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(depth=0), "depth"), (dict(width=-3), "width"), (dict(in_features=2.5), "in_features"),
     (dict(init="normal"), "std"), (dict(init="normal", std=-1.0), "std"),
-    (dict(residual="yes"), "residual"),
+    (dict(residual="yes"), "residual"), (dict(residual=True, residual_scale=0.0), "residual_scale"),
 ])
 def test_bad_sizes_and_arguments(kwargs, match):
     args = dict(in_features=4, out_features=2, depth=2, width=8)
@@ -129,3 +129,22 @@ def test_make_activation_fresh_modules_and_bad_name():
     assert a is not b and isinstance(a, nn.PReLU)
     with pytest.raises(ValueError, match="unknown activation 'Relu'.*'relu'"):
         make_activation("Relu")
+
+
+def test_one_init_function_fills_linear_and_conv_and_returns_the_layer():
+    torch.manual_seed(0)
+    for layer, fan_in in [(nn.Linear(300, 200), 300), (nn.Conv2d(20, 40, 3), 180),
+                          (nn.Conv1d(30, 10, 5), 150)]:
+        assert init_(layer, "kaiming_normal") is layer
+        assert layer.weight.var().item() == pytest.approx(2 / fan_in, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+    with pytest.raises(ValueError, match="nn.Linear or nn.Conv"):
+        init_(nn.LSTM(3, 4), "kaiming_normal")
+
+
+def test_xavier_gain_scales_the_variance():
+    torch.manual_seed(0)
+    layer = init_(nn.Linear(400, 400), "xavier_normal", gain=5 / 3)
+    assert layer.weight.var().item() == pytest.approx((5 / 3) ** 2 * 2 / 800, rel=0.05)
+    with pytest.raises(ValueError, match="gain"):
+        init_(nn.Linear(4, 4), "orthogonal", gain=-1.0)

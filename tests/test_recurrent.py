@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from course_lib.recurrent import (CELLS, SequenceModel, clip_by_norm, clip_by_value, cosine,
-                                  decay_per_step, forget_gate_bias, global_norm, growth_rate,
-                                  hidden_grad_norms, hidden_states, random_recurrent_matrix,
-                                  sequence_model, spectral_radius, unrolled_rnn_grad_norms)
+from course_lib.gradients import per_step_factor
+from course_lib.recurrent import (CELLS, SequenceModel, forget_gate_bias, hidden_grad_norms,
+                                  hidden_states, random_recurrent_matrix, recurrent_data,
+                                  spectral_radius, unrolled_rnn_grad_norms)
 
 
 def test_random_recurrent_matrix_has_the_radius():
@@ -21,20 +21,16 @@ def test_linear_rnn_gradient_follows_the_radius_exactly_for_orthogonal_w():
     for radius in (0.8, 1.0, 1.2):
         w = random_recurrent_matrix(16, radius, orthogonal=True)
         norms = unrolled_rnn_grad_norms(w, 30)
-        assert growth_rate(norms) == pytest.approx(radius, rel=1e-3)
+        assert per_step_factor(norms) == pytest.approx(radius, rel=1e-3)
+        assert per_step_factor(norms, "endpoints") == pytest.approx(radius, rel=1e-3)
         assert norms[0] / norms[-1] == pytest.approx(radius ** 29, rel=1e-3)
 
 
 def test_tanh_rnn_gradient_is_damped_by_the_derivative():
     w = random_recurrent_matrix(32, 1.5, seed=2)
-    linear = growth_rate(unrolled_rnn_grad_norms(w, 40)[:20])
-    tanh = growth_rate(unrolled_rnn_grad_norms(w, 40, activation="tanh")[:20])
+    linear = per_step_factor(unrolled_rnn_grad_norms(w, 40)[:20])
+    tanh = per_step_factor(unrolled_rnn_grad_norms(w, 40, activation="tanh")[:20])
     assert tanh < linear
-
-
-def test_growth_rate_of_a_geometric_sequence():
-    norms = torch.tensor([0.5 ** (9 - i) for i in range(10)])  # grows towards the end
-    assert growth_rate(norms) == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("call,match", [
@@ -43,7 +39,9 @@ def test_growth_rate_of_a_geometric_sequence():
     (lambda: random_recurrent_matrix(3, -1.0), "radius"),
     (lambda: unrolled_rnn_grad_norms(torch.eye(3), 5, activation="relu"), "valid: 'linear', 'tanh'"),
     (lambda: unrolled_rnn_grad_norms(torch.eye(3), 0), "seq_len"),
-    (lambda: growth_rate([1.0]), "two positive"),
+    (lambda: recurrent_data(activation="relu"), "valid: 'linear', 'tanh'"),
+    (lambda: recurrent_data(weights="unitary"), "valid: 'gaussian', 'orthogonal'"),
+    (lambda: recurrent_data(radius=-0.5), "radius"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
@@ -52,7 +50,7 @@ def test_bad_input(call, match):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_shapes_and_unrolled_output_matches_forward(cell):
-    model = sequence_model(cell, 2, 8, output_size=3)
+    model = SequenceModel(cell, 2, 8, output_size=3)
     x = torch.randn(5, 7, 2)
     assert model(x).shape == (5, 3)
     hs, out = hidden_states(model, x)
@@ -101,46 +99,14 @@ def test_hidden_grad_norms_match_autograd_and_last_step():
 def test_default_lstm_vanishes_faster_than_with_forget_bias():
     torch.manual_seed(0)
     x, y = torch.rand(64, 30, 2), torch.rand(64, 1)
-    plain = decay_per_step(hidden_grad_norms(SequenceModel("lstm", 2, 16), x, y))
+    plain = per_step_factor(hidden_grad_norms(SequenceModel("lstm", 2, 16), x, y))
     torch.manual_seed(0)
-    biased = decay_per_step(hidden_grad_norms(SequenceModel("lstm", 2, 16, forget_bias=3.0), x, y))
+    biased = per_step_factor(hidden_grad_norms(SequenceModel("lstm", 2, 16, forget_bias=3.0), x, y))
     assert plain < 0.7 and biased > 0.8, (plain, biased)
 
 
-def test_decay_per_step():
-    assert decay_per_step(torch.tensor([0.01, 0.1, 1.0])) == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        decay_per_step(torch.tensor([1.0]))
-    with pytest.raises(ValueError):
-        decay_per_step(torch.tensor([0.0, 1.0]))
-
-
-def test_clipping_matches_torch():
-    grads = [torch.randn(3, 4) * 10, torch.randn(5) * 10]
-    params = [torch.zeros_like(g, requires_grad=True) for g in grads]
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    mine = clip_by_norm(grads, 1.0)
-    assert all(torch.allclose(m, p.grad, atol=1e-6) for m, p in zip(mine, params))
-    assert global_norm(mine) == pytest.approx(1.0, rel=1e-4)
-    assert cosine(mine, grads) == pytest.approx(1.0)
-    small = [torch.full((2,), 0.1)]
-    assert torch.equal(clip_by_norm(small, 1.0)[0], small[0] * 1.0) or torch.allclose(
-        clip_by_norm(small, 1.0)[0], small[0])
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-    torch.nn.utils.clip_grad_value_(params, 0.5)
-    assert all(torch.equal(m, p.grad) for m, p in zip(clip_by_value(grads, 0.5), params))
-    assert cosine(clip_by_value(grads, 0.5), grads) < 0.99
-    for bad in (0, -1.0):
-        with pytest.raises(ValueError, match="positive"):
-            clip_by_norm(grads, bad)
-        with pytest.raises(ValueError, match="positive"):
-            clip_by_value(grads, bad)
-    with pytest.raises(ValueError):
-        clip_by_norm([], 1.0)
-    with pytest.raises(ValueError):
-        cosine([torch.zeros(2)], [torch.ones(2)])
-    with pytest.raises(ValueError):
-        cosine([torch.ones(2)], [torch.ones(3)])
+def test_recurrent_data_follows_the_radius_in_a_linear_rnn():
+    d = recurrent_data(seq_len=30, radius=1.2, activation="linear", weights="orthogonal")
+    assert d["first_over_last"] == pytest.approx(1.2 ** 29, rel=1e-6)
+    assert d["grad_norm"][0] == pytest.approx(d["reference"][0], rel=1e-6)
+    assert d["params"]["hidden_size"] == 64 and len(d["t"]) == 30

@@ -10,7 +10,7 @@ from course_lib.models import ResidualBlock, mlp
 
 def test_preactivation_block_computes_fc_of_act_of_norm():
     torch.manual_seed(0)
-    block = ResidualBlock(6, "relu", "layer", scale=0.5, preactivation=True)
+    block = ResidualBlock(6, "relu", "layer", residual_scale=0.5, preactivation=True)
     nn.init.normal_(block.norm.weight)
     nn.init.normal_(block.norm.bias)
     x = torch.randn(4, 6)
@@ -52,7 +52,7 @@ def test_mlp_preactivation_builds_preactivation_blocks_with_the_same_names():
 
 def test_mlp_preactivation_passes_the_scale():
     model = mlp(3, 2, depth=3, width=4, residual=True, preactivation=True, residual_scale=0.25)
-    assert all(b.scale == 0.25 for b in model.modules() if isinstance(b, ResidualBlock))
+    assert all(b.residual_scale == 0.25 for b in model.modules() if isinstance(b, ResidualBlock))
 
 
 @pytest.mark.parametrize("kwargs, word", [
