@@ -206,13 +206,15 @@ class Trace:
 
 @dataclass
 class History:
-    """What :func:`course_lib.train.fit` measured: per-epoch curves, per-step losses, the trace."""
+    """What :func:`course_lib.train.fit` measured: per-epoch curves, per-step losses, the learning
+    rate of each step (when a scheduler was used), the trace."""
 
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     step_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
     trace: Trace | None = None
     seconds: float = 0.0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -222,7 +223,8 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
         weight_decay: float = 0.0, loss_fn: Callable | None = None,
         clip_norm: float | None = None, val_loader: Iterable | None = None, record: bool = True,
         record_every: int = 10, device: torch.device | str | None = None, progress: bool = True,
-        desc: str | None = None) -> History:
+        desc: str | None = None,
+        scheduler: Callable[[torch.optim.Optimizer], Any] | None = None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train_loader`` and return a
     :class:`~course_lib.records.History`.
 
@@ -235,6 +237,10 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
         record: keep per-layer statistics (:class:`~course_lib.instrument.Recorder`) every
             ``record_every`` steps (step 0 included) in ``History.trace``.
         device: move the model and each batch there; default: where the model is.
+        scheduler: ``scheduler(optimizer)`` builds a ``torch.optim.lr_scheduler`` (for example
+            ``lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.01, 1.0, total_iters=100)``
+            for a warm-up); it is stepped after every optimizer step, and ``History.lr`` holds
+            the learning rate of each step.
 
     Raises:
         NonFiniteError: the loss or a gradient became NaN/inf; the message and the error's
@@ -251,6 +257,10 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
     opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
            else make_optimizer(model, optimizer, lr, momentum, weight_decay))
     stepper = OptimizerStep(model, opt, clip_norm=clip_norm)
+    if scheduler is not None and not callable(scheduler):
+        raise ValueError(f"scheduler must be None or a callable scheduler(optimizer) that returns "
+                         f"a torch.optim.lr_scheduler, got {type(scheduler).__name__}")
+    schedule = scheduler(opt) if scheduler is not None else None
     loss_fn = loss_fn or default_loss
     history = History()
     recorder = Recorder(model, every=record_every) if record else None
@@ -280,6 +290,9 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
                         stepper(loss, step)
                 except NonFiniteError as err:
                     raise _in_epoch(err, model, x, epoch, batch) from None
+                if schedule is not None:
+                    history.lr.append(opt.param_groups[0]["lr"])
+                    schedule.step()
                 losses.append(loss.detach())
                 sizes.append(len(x))
                 if classify and _is_classification(out, y):

@@ -192,3 +192,12 @@ def test_fit_makes_no_host_sync_on_unrecorded_steps_on_cuda():
             step(torch.nn.functional.cross_entropy(model(xb), yb), i)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_a_scheduler_sets_the_learning_rate_of_every_step(digits_loaders):
+    warmup = lambda opt: torch.optim.lr_scheduler.LinearLR(opt, 0.1, 1.0, total_iters=10)  # noqa: E731
+    h = fit(mlp(64, 10, 1, 8), digits_loaders[0], 1, lr=0.05, scheduler=warmup, progress=False)
+    assert len(h.lr) == 22 and h.lr[0] == pytest.approx(0.005) and h.lr[-1] == pytest.approx(0.05)
+    assert h.lr[5] == pytest.approx(0.005 + 5 * 0.0045)
+    with pytest.raises(ValueError, match="scheduler"):
+        fit(mlp(64, 10, 1, 8), digits_loaders[0], 1, scheduler="cosine", progress=False)
