@@ -28,7 +28,7 @@ class ConvResidualBlock(nn.Module):
     def __init__(self, channels: int, activation: str, norm: str | None, *,
                  residual_scale: float = 1.0) -> None:
         super().__init__()
-        self.residual_scale = check_float("residual_scale", residual_scale, positive=True)
+        self.residual_scale = check_float("residual_scale", residual_scale, low=0.0)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=norm is None)
         if norm == "batch":
             self.norm = nn.BatchNorm2d(channels)
@@ -61,7 +61,8 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
         init: one of :data:`course_lib.models.INITS`, applied to every conv and to ``out`` by
             :func:`course_lib.models.init_` (``std`` for ``normal``).
         residual_scale: factor on each residual branch, ``x + residual_scale * branch(x)``
-            (finite, > 0; only used with ``residual=True``). ``1/sqrt(depth)`` keeps the
+            (finite, >= 0: 0 starts each branch switched off, as ReZero and SkipInit do; only
+            used with ``residual=True``). ``1/sqrt(depth)`` keeps the
             stream's variance from growing with depth, as in :func:`course_lib.models.mlp`.
 
     Raises:
@@ -75,7 +76,7 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
     check_choice("activation", activation, ACTIVATIONS)
     check_init(init, std)
     check_bool("residual", residual)
-    residual_scale = check_float("residual_scale", residual_scale, positive=True)
+    residual_scale = check_float("residual_scale", residual_scale, low=0.0)
     bad = [d for d in downsample if not isinstance(d, int) or not 1 <= d <= depth]
     if bad:
         raise ValueError(f"downsample holds layer numbers in 1..{depth}, got {bad}")

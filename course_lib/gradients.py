@@ -10,6 +10,8 @@
 - :func:`per_step_factor`: the factor by which a quantity shrinks (< 1) or grows (> 1) per layer
   or per time step, going from the output back to the input (or from the last step back to the
   first): the number the course's per-layer analyses predict.
+- :func:`geometric_fit`: ``values ~ scale * rate ** positions`` by least squares on a log scale,
+  for quantities measured at arbitrary positions (a gradient against network depth).
 """
 
 from __future__ import annotations
@@ -79,6 +81,40 @@ def cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
     return float(va @ vb / denom)
 
 
+def _positive_values(values: Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        v = values.detach().double().cpu().flatten()
+    else:
+        v = torch.tensor(np.asarray(values, dtype=np.float64)).flatten()
+    if len(v) < 2:
+        raise ValueError(f"need at least two values for a per-step factor, got {len(v)}")
+    if not bool(((v > 0) & torch.isfinite(v)).all()):
+        raise ValueError(f"values must be positive and finite for a per-step factor, got "
+                         f"{[float(x) for x in v[:8]]}{' ...' if len(v) > 8 else ''}")
+    return v
+
+
+def geometric_fit(values: Sequence[float] | np.ndarray | torch.Tensor,
+                  positions: Sequence[float] | np.ndarray | None = None) -> tuple[float, float]:
+    """``(rate, scale)`` with ``values ~ scale * rate ** positions``: a least-squares line through
+    log(values) against ``positions`` (default 0, 1, 2, ...). ``rate`` is the factor per unit of
+    position; for a first-layer gradient measured at several depths it is the factor per layer.
+
+    Raises:
+        ValueError: fewer than two values, a value that is not positive and finite, or positions
+            of another length.
+    """
+    v = _positive_values(values)
+    x = (torch.arange(len(v), dtype=torch.float64) if positions is None
+         else torch.tensor(np.asarray(positions, dtype=np.float64)).flatten())
+    if len(x) != len(v):
+        raise ValueError(f"positions and values must have the same length, got {len(x)} and "
+                         f"{len(v)}")
+    design = torch.stack([x, torch.ones_like(x)], 1)
+    slope, intercept = torch.linalg.lstsq(design, v.log().unsqueeze(1)).solution[:, 0].tolist()
+    return math.exp(slope), math.exp(intercept)
+
+
 def per_step_factor(values: Sequence[float] | np.ndarray | torch.Tensor,
                     method: str = "fit") -> float:
     """The factor per step by which ``values`` change going *back* from the last to the first.
@@ -96,18 +132,7 @@ def per_step_factor(values: Sequence[float] | np.ndarray | torch.Tensor,
             unknown method.
     """
     check_choice("method", method, FACTOR_METHODS)
-    if isinstance(values, torch.Tensor):
-        v = values.detach().double().cpu().flatten()
-    else:
-        v = torch.tensor(np.asarray(values, dtype=np.float64)).flatten()
-    if len(v) < 2:
-        raise ValueError(f"need at least two values for a per-step factor, got {len(v)}")
-    if not bool(((v > 0) & torch.isfinite(v)).all()):
-        raise ValueError(f"values must be positive and finite for a per-step factor, got "
-                         f"{[float(x) for x in v[:8]]}{' ...' if len(v) > 8 else ''}")
+    v = _positive_values(values)
     if method == "endpoints":
         return float((v[0] / v[-1]) ** (1.0 / (len(v) - 1)))
-    steps_back = torch.arange(len(v) - 1, -1, -1, dtype=torch.float64)
-    design = torch.stack([steps_back, torch.ones_like(steps_back)], 1)
-    slope = torch.linalg.lstsq(design, v.log().unsqueeze(1)).solution[0, 0]
-    return math.exp(float(slope))
+    return 1.0 / geometric_fit(v)[0]

@@ -4,6 +4,7 @@
 - :func:`snapshot` → a one-step :class:`~course_lib.records.Trace` with every statistic;
 - :class:`Recorder` → the statistics at every ``every``-th step of a training loop, one ``with``
   per step (``fit`` and ``train_policy`` use it through :func:`course_lib.train.optimizer_step`);
+- :func:`grad_profile` → ||dL/dW|| per layer of the gradients already in ``.grad`` (or a copy);
 - :func:`capture_activations`, :func:`first_nonfinite_output`;
 - :func:`gradient_flow_data`: the gradient-flow explorer's numbers for a fresh MLP.
 
@@ -453,6 +454,29 @@ def gradient_norms(model: nn.Module, x: Any, y: torch.Tensor, loss_fn: Loss | No
     :class:`~course_lib.records.Profile`. ``loss_fn`` defaults to cross-entropy for class indices
     and MSE for float targets; ``layers`` is the layer set (main-path weights by default)."""
     return snapshot(model, x, y, loss_fn, layers=layers, functional=False).profile("grad_norm")
+
+
+def grad_profile(model: nn.Module, grads: Mapping[str, torch.Tensor] | None = None, *,
+                 layers: str = "main") -> Profile:
+    """||gradient|| per layer (in registration order) of the gradients in the parameters' ``.grad``,
+    or of ``grads``, a ``{parameter name: tensor}`` dict such as ``dict(model.named_parameters())``
+    would name them (a clipped copy, say). Layers without a gradient read NaN."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = {id(p): n for n, p in model.named_parameters()}
+    if grads is not None:
+        unknown = [n for n in grads if n not in names.values()]
+        if unknown:
+            raise ValueError(f"unknown parameter name(s) {unknown[:5]}; valid: "
+                             f"{list(names.values())[:8]} ...")
+    values = []
+    for layer, module in select_layers(model, layers).items():
+        tensors = [grads.get(names[id(p)]) if grads is not None else p.grad
+                   for p in layer_parameters(module, layers)]
+        tensors = [t for t in tensors if t is not None]
+        values.append((layer, float(torch.linalg.vector_norm(norms64(tensors))) if tensors
+                       else math.nan))
+    return Profile(values, "grad_norm")
 
 
 def capture_activations(model: nn.Module, x: Any, *,

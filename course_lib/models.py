@@ -165,7 +165,7 @@ class ResidualBlock(nn.Module):
                  residual_scale: float = 1.0, preactivation: bool = False) -> None:
         super().__init__()
         self.preactivation = check_bool("preactivation", preactivation)
-        self.residual_scale = check_float("residual_scale", residual_scale, positive=True)
+        self.residual_scale = check_float("residual_scale", residual_scale, low=0.0)
         self.fc = nn.Linear(width, width)
         norm_layer = _make_norm(norm, width)
         if norm_layer is not None:
@@ -211,7 +211,7 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
     check_choice("norm", norm, NORMS)
     check_bool("residual", residual)
     check_bool("preactivation", preactivation)
-    check_float("residual_scale", residual_scale, positive=True)
+    check_float("residual_scale", residual_scale, low=0.0)
     if preactivation and not residual:
         raise ValueError("preactivation=True needs residual=True (it arranges a residual block)")
 

@@ -60,7 +60,8 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
 
     The inputs x_t are Gaussian with std ``input_scale``; the loss is ``sum(h_T) / batch`` (it
     reads only the last state, so every earlier gradient arrived through time). Everything runs in
-    ``w``'s dtype and device. Returns a tensor of shape (seq_len,), on the CPU.
+    ``w``'s dtype and device; the norms are taken in float64. Returns a float64 tensor of shape
+    (seq_len,), on the CPU.
     """
     if w.ndim != 2 or w.shape[0] != w.shape[1]:
         raise ValueError(f"w must be a square matrix, got shape {tuple(w.shape)}")
@@ -80,7 +81,9 @@ def unrolled_rnn_grad_norms(w: torch.Tensor, seq_len: int, activation: str = "li
         h.retain_grad()
         states.append(h)
     (h.sum() / batch).backward()
-    return torch.stack([s.grad.norm() for s in states]).detach().cpu()
+    # norms in float64: a float32 norm squares its entries and underflows below about 1e-19
+    return torch.stack([torch.linalg.vector_norm(s.grad, dtype=torch.float64)
+                        for s in states]).detach().cpu()
 
 
 #: Recurrent cell names accepted by :class:`SequenceModel`.

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from course_lib.gradients import (clip_by_norm, clip_by_value, cosine, norms64, per_step_factor,
-                                  total_norm)
+from course_lib.gradients import (clip_by_norm, clip_by_value, cosine, geometric_fit, norms64,
+                                  per_step_factor, total_norm)
 
 
 def test_clipping_by_norm_matches_torch_and_keeps_the_direction():
@@ -79,3 +79,11 @@ def test_per_step_factor_bad_input(values, match):
         per_step_factor(values)
     with pytest.raises(ValueError, match="valid: 'fit', 'endpoints'"):
         per_step_factor([1.0, 2.0], method="mean")
+
+
+def test_geometric_fit_over_arbitrary_positions():
+    depths = [2, 5, 10, 20]
+    rate, scale = geometric_fit([3.0 * 0.8 ** d for d in depths], depths)
+    assert rate == pytest.approx(0.8) and scale == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="same length"):
+        geometric_fit([1.0, 2.0], [1, 2, 3])

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.instrument import (Recorder, call_model, capture_activations, default_loss,
-                                   first_nonfinite_output, gradient_flow_data, gradient_norms,
-                                   output_tensor, snapshot)
+                                   first_nonfinite_output, grad_profile, gradient_flow_data,
+                                   gradient_norms, output_tensor, snapshot)
 from course_lib.models import mlp
 from course_lib.records import Profile
 
@@ -360,3 +360,15 @@ def test_gradient_flow_data_is_deterministic_and_leaves_global_state_alone():
         "grad_norm"].values())
     assert list(a["grad_norm"].values()) != list(gradient_flow_data(depth=5, width=16, seed=2)[
         "grad_norm"].values())
+
+
+def test_grad_profile_reads_the_gradients_in_place_or_a_copy(tiny_batch):
+    x, y = tiny_batch
+    model = mlp(8, 3, depth=2, width=6, norm="layer")
+    ref = gradient_norms(model, x, y)
+    here = grad_profile(model)
+    assert here.layers == ["fc1", "fc2", "out"] and np.allclose(here.array, ref.array, rtol=1e-6)
+    halved = {n: p.grad / 2 for n, p in model.named_parameters()}
+    assert np.allclose(grad_profile(model, halved).array, ref.array / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown parameter name"):
+        grad_profile(model, {"fc9.weight": torch.ones(1)})

@@ -107,7 +107,7 @@ def test_unknown_names_list_the_valid_ones():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(depth=0), "depth"), (dict(width=-3), "width"), (dict(in_features=2.5), "in_features"),
     (dict(init="normal"), "std"), (dict(init="normal", std=-1.0), "std"),
-    (dict(residual="yes"), "residual"), (dict(residual=True, residual_scale=0.0), "residual_scale"),
+    (dict(residual="yes"), "residual"), (dict(residual=True, residual_scale=-0.5), "residual_scale"),
 ])
 def test_bad_sizes_and_arguments(kwargs, match):
     args = dict(in_features=4, out_features=2, depth=2, width=8)
