@@ -47,19 +47,20 @@ def saturation_mask(output: torch.Tensor, kind: str) -> torch.Tensor | None:
     return None
 
 
-def _dead_fraction(x: torch.Tensor) -> torch.Tensor:
-    """(G, N, ...) outputs -> (G,) fraction of units that are exactly 0 for every example."""
-    zero = x == 0
-    if x.ndim == 3:  # (G, N, F), the common case: a unit is dead when its largest |x| is 0
-        return (x.abs().amax(dim=1) == 0).float().mean(dim=1)
-    if x.ndim >= 5:  # (G, N, C, spatial...): a unit is a channel
-        units = zero.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).all(dim=2)
-    elif x.ndim == 4:  # (G, N, T, F): a unit is a feature (the last dimension)
-        units = zero.reshape(x.shape[0], -1, x.shape[-1]).all(dim=1)
-    elif x.ndim == 3:  # (G, N, F)
-        units = zero.all(dim=1)
-    else:  # (G, N): one unit
-        units = zero.all(dim=1, keepdim=True)
+def _dead_fraction(position_dead: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """(G, P) flags "this position is 0 for every example" -> (G,) fraction of dead units.
+
+    ``shape`` is the stacked outputs' shape (G, N, ...): a unit is a channel of a conv output
+    (5 or more dimensions), the last dimension of a (batch, sequence, features) output, a feature
+    of a (batch, features) output, or the single value of a (batch,) output.
+    """
+    g = shape[0]
+    if len(shape) >= 5:  # (G, N, C, spatial...): a channel is dead when all its positions are
+        units = position_dead.reshape(g, shape[2], -1).all(dim=2)
+    elif len(shape) == 4:  # (G, N, T, F): a feature is dead at every time step
+        units = position_dead.reshape(g, shape[2], shape[3]).all(dim=1)
+    else:
+        units = position_dead
     return units.float().mean(dim=1)
 
 
@@ -88,7 +89,8 @@ def activation_stats(outputs: Sequence[torch.Tensor], kind: str) -> torch.Tensor
     spread = (within / (n - 1)).mean(dim=1).sqrt() if n > 1 else torch.full_like(mean, math.nan)
     sat = saturation_mask(x.reshape(g, -1), kind)
     sat_frac = sat.float().mean(dim=1) if sat is not None else torch.full_like(mean, math.nan)
-    dead = _dead_fraction(x)
+    # a position is 0 for every example exactly when its mean and its deviations are all 0
+    dead = _dead_fraction((unit_mean[:, 0] == 0) & (within == 0), tuple(x.shape))
     return torch.stack([mean, std, spread, sat_frac, dead], dim=1).double()
 
 

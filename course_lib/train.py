@@ -273,7 +273,8 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
             model.train()
             losses: list[torch.Tensor] = []
             sizes: list[int] = []
-            hits: list[torch.Tensor] = []
+            preds: list[torch.Tensor] = []
+            targets: list[torch.Tensor] = []
             n_seen, classify = 0, True
             for batch, (x, y) in enumerate(train_loader):
                 if device is not None:
@@ -296,7 +297,8 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
                 losses.append(loss.detach())
                 sizes.append(len(x))
                 if classify and _is_classification(out, y):
-                    hits.append(out.detach().argmax(1) == y)
+                    preds.append(out.detach().argmax(1))   # compared with y once per epoch
+                    targets.append(y)
                 else:
                     classify = False
                 n_seen += len(x)
@@ -311,8 +313,8 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
             history.step_loss.extend(epoch_losses.tolist())
             weights = torch.tensor(sizes, dtype=torch.float64)
             history.train_loss.append(float((epoch_losses * weights).sum()) / n_seen)
-            history.train_acc.append(float(torch.cat(hits).sum()) / n_seen if classify
-                                     else math.nan)
+            history.train_acc.append(float((torch.cat(preds) == torch.cat(targets)).sum()) / n_seen
+                                     if classify else math.nan)
             postfix = {"loss": f"{history.train_loss[-1]:.3f}"}
             if val_loader is not None:
                 vl, va = evaluate(model, val_loader, loss_fn, device)
