@@ -49,7 +49,7 @@ from torch import nn
 
 from course_lib.diagnosis_rules import (
     GATE_GAIN, KINDS, LESSONS, NOTE_KINDS, SMALL_GATE, Architecture, Finding, Fix, Measurements,
-    find,
+    find, statistics,
 )
 from course_lib.hooks import Hooks
 from course_lib.instrument import batch_size, default_loss, output_tensor, snapshot
@@ -57,7 +57,7 @@ from course_lib.layers import layer_parameters, select_layers
 from course_lib.records import Profile, Trace
 
 __all__ = ["diagnose", "Report", "Finding", "Fix", "KINDS", "NOTE_KINDS", "LESSONS",
-           "describe_architecture"]
+           "describe_architecture", "has_skip_connection"]
 
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -83,6 +83,8 @@ class Report:
     properties ``grad_norm``, ``signal_norm``, ``weight_norm``, ``grad_to_weight`` and
     ``sensitivity`` (||dL/dW||·||W|| / |loss|); per activation site ``act_spread``,
     ``saturated``, ``dead`` (and ``act_mean``, ``act_std`` through :meth:`profile`).
+    ``measures``: every number the rules compared with a threshold
+    (:func:`course_lib.diagnosis_rules.statistics`), whether or not a rule fired.
     """
 
     findings: list[Finding]
@@ -93,6 +95,7 @@ class Report:
     temporal: dict[str, Profile]
     loss: float
     architecture: Architecture = field(default_factory=Architecture)
+    measures: dict[str, float] = field(default_factory=dict)
 
     # -- reading it ----------------------------------------------------------------------------
     @property
@@ -333,29 +336,52 @@ def _with_input_grad(x: Any) -> Any:
 
 
 # -- what the model is built of -----------------------------------------------------------------
-def _identity_path(out: torch.Tensor, inp: torch.Tensor, budget: int = 48) -> bool:
-    """Whether the autograd graph from ``out`` reaches ``inp`` through an Add or Cat node without
-    passing a weight (a residual or dense connection)."""
-    target = inp.grad_fn
-    start = out.grad_fn
-    if target is None or start is None or start is target:
-        return False
+def _walk(start: Any, budget: int, through_weights: bool) -> set[int]:
+    """Autograd nodes reachable from ``start``: with ``through_weights=False`` only through nodes
+    that apply no weight (and ``start`` itself if it applies none); with ``True``, the nodes
+    reached after passing at least one weight."""
+    found: set[int] = set()
     stack, seen = [(start, False)], set()
     while stack and budget > 0:
-        node, joined = stack.pop()
+        node, passed = stack.pop()
         budget -= 1
-        name = type(node).__name__
-        joined = joined or name.startswith(("AddBackward", "CatBackward"))
+        weight = any(op in type(node).__name__ for op in _WEIGHT_OPS)
+        if not through_weights and weight:
+            continue
+        passed = passed or weight
+        if not through_weights or passed:
+            found.add(id(node))
         for nxt, _ in node.next_functions:
-            if nxt is None or any(op in type(nxt).__name__ for op in _WEIGHT_OPS):
+            if nxt is not None and (id(nxt), passed) not in seen:
+                seen.add((id(nxt), passed))
+                stack.append((nxt, passed))
+    return found
+
+
+def has_skip_connection(loss: torch.Tensor, max_joins: int = 256) -> bool:
+    """Whether the autograd graph of ``loss`` holds a skip connection: an Add (residual) or Cat
+    (dense) node one of whose inputs reaches, without passing a weight, a node that its other
+    input reaches only through a weight (``x + F(x)``, ``cat([x, F(x)])``)."""
+    if loss.grad_fn is None:
+        return False
+    joins, stack, seen = [], [loss.grad_fn], {id(loss.grad_fn)}
+    while stack and len(seen) < 50_000 and len(joins) < max_joins:
+        node = stack.pop()
+        if type(node).__name__.startswith(("AddBackward", "CatBackward")):
+            joins.append(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                stack.append(nxt)
+    for node in joins:
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        for i, a in enumerate(inputs):
+            identity = _walk(a, 64, through_weights=False)
+            if not identity:
                 continue
-            if nxt is target:
-                if joined:
+            for b in inputs[:i] + inputs[i + 1:]:
+                if identity & _walk(b, 600, through_weights=True):
                     return True
-                continue
-            if (id(nxt), joined) not in seen:
-                seen.add((id(nxt), joined))
-                stack.append((nxt, joined))
     return False
 
 
@@ -380,31 +406,17 @@ def describe_architecture(model: nn.Module, skip: bool = False,
 
 
 class _Probe:
-    """During the diagnosed pass: whether some block has an identity path, and ||dL/dx_t|| per
-    time step of every recurrent layer (first call) and cell (one step per call)."""
+    """During the diagnosed pass: ||dL/dx_t|| per time step of every recurrent layer (its first
+    call) and cell (one step per call)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.skip = False
         self.recurrent = {n: m for n, m in model.named_modules() if isinstance(m, _RECURRENT)}
         self.steps: dict[str, dict[int, float]] = {}
-        blocks = {n or type(model).__name__: m for n, m in model.named_modules()
-                  if any(True for _ in m.children())}
-        self._hooks = [Hooks(blocks, self._on_block), Hooks(self.recurrent, self._on_recurrent)]
+        self._hooks = [Hooks(self.recurrent, self._on_recurrent)]
 
     def remove(self) -> None:
         for h in self._hooks:
             h.remove()
-
-    def _on_block(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
-        if self.skip or not torch.is_grad_enabled():
-            return
-        inp = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
-        try:
-            out = output_tensor(output)
-        except ValueError:
-            return
-        if inp is not None and inp.requires_grad and out.requires_grad:
-            self.skip = _identity_path(out, inp)
 
     def _on_recurrent(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
         x = inputs[0] if inputs else None
@@ -511,7 +523,15 @@ def diagnose(model: nn.Module, x: Any, y: torch.Tensor | None = None,
             has no weights; or the output holds no tensor (or, with ``y=None``, no loss).
     """
     _check(model, x, y, loss_fn)
-    loss = _make_loss(loss_fn, y)
+    measured_loss = _make_loss(loss_fn, y)
+    skip: list[bool] = []
+
+    def loss(output: Any, target: Any) -> torch.Tensor:
+        value = measured_loss(output, target)
+        if not skip and isinstance(value, torch.Tensor):
+            skip.append(has_skip_connection(value))
+        return value
+
     probe = _Probe(model)
     x_in = _with_input_grad(x) if probe.recurrent else x
     try:
@@ -540,7 +560,7 @@ def diagnose(model: nn.Module, x: Any, y: torch.Tensor | None = None,
     small = [n for n, p in candidates.items() if float(p.detach().abs().max()) > 0]
     behind: list[str] = []
     if candidates and (zeros or small) and math.isfinite(loss_value):
-        behind, gates = _behind_gates(model, x_in, y, loss, grad, candidates)
+        behind, gates = _behind_gates(model, x_in, y, measured_loss, grad, candidates)
         for n in behind:
             if status[n] == "":
                 status[n] = "zero_init_branch"
@@ -568,11 +588,12 @@ def diagnose(model: nn.Module, x: Any, y: torch.Tensor | None = None,
         spread=trace.profile("act_spread").array, saturated=trace.profile("saturated").array,
         dead=trace.profile("dead").array,
         temporal={n: p.array for n, p in probe.temporal().items()},
-        arch=describe_architecture(model, probe.skip, kinds), nonfinite=nonfinite,
+        arch=describe_architecture(model, bool(skip and skip[0]), kinds), nonfinite=nonfinite,
         blocked=blocked)
     findings = find(measured)
     return Report(findings=findings, notes=notes, trace=trace, weight=weight, status=status,
-                  temporal=probe.temporal(), loss=loss_value, architecture=measured.arch)
+                  temporal=probe.temporal(), loss=loss_value, architecture=measured.arch,
+                  measures=statistics(measured))
 
 
 def _layer_status(layers: list[str], modules: dict[str, nn.Module], grad: Profile

@@ -33,10 +33,11 @@ from course_lib.gradients import per_step_factor
 SIGNAL_VANISHING = 1e-3
 #: ``exploding``: the fitted signal trend grows by more than this toward the input ...
 SIGNAL_EXPLODING = 1e2
-#: ... at more than this factor per layer. Deep residual nets grow slowly and train (ResNet-152 at
-#: init: 1.05 per layer, 2e3 in all); a plain BatchNorm net grows 1.15-1.25 per layer because of
-#: BatchNorm (Yang et al. 2019, lesson 09), an over-scaled init 1.5 and more.
-SIGNAL_FACTOR_EXPLODING = 1.12
+#: ... at more than this factor per layer. Deep residual nets grow slowly and train (at init,
+#: full-size ResNet-50: 1.10 per layer, 150x in all; ResNet-152: 1.05, 2e3); a plain BatchNorm
+#: net grows 1.15-1.25 per layer because of BatchNorm (Yang et al. 2019, lesson 09), an
+#: over-scaled init 1.5 and more. The least certain threshold of the set: see docs/diagnose.md.
+SIGNAL_FACTOR_EXPLODING = 1.14
 #: ``vanishing``: the forward signal, the per-unit spread of the activations across the batch,
 #: falls below this fraction from the first activation site to the last (fitted trend): the
 #: output then hardly depends on the input, so every weight gradient, which is the signal from
@@ -183,6 +184,30 @@ def forward_trend(values: Sequence[float] | np.ndarray) -> tuple[float, int]:
 
 
 # -- the rules ----------------------------------------------------------------------------------
+def statistics(m: Measurements) -> dict[str, float]:
+    """Every number the rules compare with a threshold, whether or not a rule fires (NaN where a
+    rule has too little to go on): ``signal_trend`` and ``signal_factor`` (depth),
+    ``spread_trend`` (forward, first site to last), ``median_sensitivity`` (relative to the loss),
+    ``temporal_trend`` (the most extreme recurrent layer or cell), ``max_saturated``,
+    ``max_dead``."""
+    total, f, n = trend(m.signal)
+    growth, n_sites = forward_trend(m.spread)
+    sens = _sensitivity(m)
+    usable = sens[np.isfinite(sens) & (sens > 0)]
+    temporal = [trend(v)[0] for v in m.temporal.values()]
+    temporal = [t for t in temporal if math.isfinite(t) and t > 0]
+    finite = lambda v: v[np.isfinite(v)]  # noqa: E731
+    return {
+        "signal_trend": total if n >= MIN_LAYERS else math.nan,
+        "signal_factor": f if n >= MIN_LAYERS else math.nan,
+        "spread_trend": growth if n_sites >= MIN_SITES else math.nan,
+        "median_sensitivity": float(np.median(usable)) if len(usable) >= MIN_LAYERS else math.nan,
+        "temporal_trend": max(temporal, key=lambda t: abs(math.log(t))) if temporal else math.nan,
+        "max_saturated": float(finite(m.saturated).max()) if len(finite(m.saturated)) else math.nan,
+        "max_dead": float(finite(m.dead).max()) if len(finite(m.dead)) else math.nan,
+    }
+
+
 def find(m: Measurements) -> list[Finding]:
     """The problem findings, exploding first (non-finite numbers make every other rule moot)."""
     findings = []
@@ -357,6 +382,9 @@ def exploding_fixes(arch: Architecture, *, temporal: bool = False,
     elif not arch.skip and not temporal:
         fixes.append(Fix("add residual connections (an identity path around each block, with "
                          "a scaled branch)", "09"))
+    elif arch.skip and not temporal:
+        fixes.append(Fix("scale each residual branch down (x + F(x)/sqrt(L)) or zero-initialise "
+                         "its last layer, so that the stream does not grow with depth", "09"))
     if forward or not arch.batchnorm:
         fixes.append(Fix("scale the initial weights to the fan-in (He for ReLU, Xavier for "
                          "tanh): the activations then keep their size layer after layer", "07"))

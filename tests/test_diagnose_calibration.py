@@ -101,6 +101,7 @@ SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, vocab
 
 ZOO: dict[str, Builder] = {
     "torchvision resnet18": lambda: (tv.resnet18(num_classes=10), *images()),
+    "torchvision resnet50 (full size)": lambda: (tv.resnet50(num_classes=10), *images(8, 64)),
     "torchvision resnet (bottleneck)": lambda: (
         tv.resnet.ResNet(tv.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10, width_per_group=16),
         *images()),
@@ -380,3 +381,32 @@ def test_precision_and_recall_are_one_for_every_kind(results, capsys):
         print("\n" + "\n".join(lines))
     for kind, v in table.items():
         assert v["precision"] == 1.0 and v["recall"] == 1.0, f"{kind}: {v}"
+
+
+def calibration_table() -> str:
+    """The calibration table of docs/diagnose.md, as Markdown: every model, the numbers each rule
+    compares with its threshold, and the verdict (``python tests/test_diagnose_calibration.py``)."""
+    def fmt(v: float) -> str:
+        return "–" if not math.isfinite(v) else f"{v:.1e}" if abs(math.log10(v or 1)) > 2 \
+            else f"{v:.2f}"
+
+    rows = ["| model | signal trend (factor/layer) | forward spread | median sensitivity | "
+            "temporal | verdict | notes |", "|---|---|---|---|---|---|---|"]
+    with one_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers.logging.set_verbosity_error()
+        for group, builders in (("zoo", ZOO), ("defect", {k: v[0] for k, v in DEFECTS.items()})):
+            for name, build in builders.items():
+                torch.manual_seed(0)
+                r = diagnose(*build())
+                m = r.measures
+                signal = f"{fmt(m['signal_trend'])} ({fmt(m['signal_factor'])})" \
+                    if math.isfinite(m["signal_trend"]) else "–"
+                rows.append(f"| {name} | {signal} | {fmt(m['spread_trend'])} | "
+                            f"{fmt(m['median_sensitivity'])} | {fmt(m['temporal_trend'])} | "
+                            f"{', '.join(r.kinds) or 'healthy'} | {', '.join(r.note_kinds)} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(calibration_table())
