@@ -28,7 +28,7 @@ from course_lib.gradients import per_step_factor
 # -- thresholds ---------------------------------------------------------------------------------
 #: ``vanishing``: the fitted trend of the backpropagated signal ||dL/dh|| over the trained layers
 #: falls below this from the output end to the input end: at one learning rate the input-side
-#: layers then take steps 1000x smaller than the output side's (zoo at init: 2.9e-2 at the
+#: layers then take steps 1000x smaller than the output side's (zoo at init: 3e-2 at the
 #: lowest; planted defects: 4.5e-5 at the highest).
 SIGNAL_VANISHING = 1e-3
 #: ``exploding``: the fitted signal trend grows by more than this toward the input ...
