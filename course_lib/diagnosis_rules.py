@@ -362,8 +362,10 @@ def vanishing_fixes(arch: Architecture, *, depth: bool = True,
     if temporal:
         if arch.vanilla_rnn:
             fixes.append(Fix("use a gated cell (LSTM or GRU) instead of a vanilla RNN", "12"))
-            fixes.append(Fix("initialize the recurrent matrix orthogonally, spectral radius 1 "
-                             "(or identity with ReLU, IRNN)", "05"))
+            fixes.append(Fix("keep the recurrent matrix's spectral radius near 1 (or start a "
+                             "ReLU RNN at the identity, IRNN)", "05"))
+            fixes.append(Fix("initialize the recurrent matrix orthogonally: every singular value "
+                             "is then 1", "07"))
         if arch.lstm:
             fixes.append(Fix("set the LSTM's forget-gate bias to 1 or more, so the cell state "
                              "keeps its gradient from the start", "12"))
@@ -376,23 +378,22 @@ def exploding_fixes(arch: Architecture, *, temporal: bool = False,
                     forward: bool = False) -> list[Fix]:
     """Fixes for an exploding gradient that fit ``arch``."""
     fixes: list[Fix] = []
-    if arch.batchnorm and not arch.skip and not temporal:
+    plain_batchnorm = arch.batchnorm and not arch.skip and not temporal
+    if plain_batchnorm:
         fixes.append(Fix("a deep plain BatchNorm net explodes because of BatchNorm: add residual "
                          "connections, or drop BatchNorm from some layers", "09"))
-    elif not arch.skip and not temporal:
-        fixes.append(Fix("add residual connections (an identity path around each block, with "
-                         "a scaled branch)", "09"))
-    elif arch.skip and not temporal:
-        fixes.append(Fix("scale each residual branch down (x + F(x)/sqrt(L)) or zero-initialise "
-                         "its last layer, so that the stream does not grow with depth", "09"))
     if forward or not arch.batchnorm:
         fixes.append(Fix("scale the initial weights to the fan-in (He for ReLU, Xavier for "
                          "tanh): the activations then keep their size layer after layer", "07"))
+    if arch.skip and not temporal:
+        fixes.append(Fix("scale each residual branch down (x + F(x)/sqrt(L)) or zero-initialise "
+                         "its last layer, so that the stream does not grow with depth", "09"))
     if not arch.norm and not temporal:
         fixes.append(Fix("add normalization layers", "08"))
     if temporal:
-        fixes.append(Fix("keep the recurrent matrix's largest singular value at or below 1 "
-                         "(orthogonal or smaller recurrent init)", "05"))
+        fixes.append(Fix("keep the recurrent matrix's largest singular value at or below 1",
+                         "05"))
+        fixes.append(Fix("initialize the recurrent matrix orthogonally, or smaller", "07"))
         if arch.vanilla_rnn:
             fixes.append(Fix("use a gated cell (LSTM or GRU)", "12"))
     if arch.attention:

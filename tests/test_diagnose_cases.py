@@ -419,7 +419,7 @@ def test_recurrent_vanishing_points_to_lessons_05_and_07_and_never_to_truncated_
 
     report = diagnose(Seq(), x, y)
     lessons = {fix.lesson for fix in report["vanishing"].fixes}
-    assert "05" in lessons and "12" in lessons and "03" not in lessons
+    assert {"05", "07", "12"} <= lessons and "03" not in lessons
     text = " ".join(fixes_of(report)).lower()
     assert "orthogonal" in text and "truncated" not in text and "bptt" not in text
 
@@ -440,6 +440,25 @@ def test_an_lstm_is_told_about_its_forget_gate_not_to_use_gates():
     assert report.kinds == ["vanishing"]  # at default init the LSTM's gradient decays in time
     text = " ".join(fixes_of(report))
     assert "forget-gate bias" in text and "gated cell" not in text
+
+
+def test_an_exploding_recurrent_matrix_points_to_lessons_05_and_07_and_clipping():
+    x, y = adding_problem(32, 30, seed=0)
+    torch.manual_seed(0)
+    model = CellLoop(nn.RNNCell, hidden=32)
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(32, 32))
+        model.cell.weight_hh.copy_(3.0 * q)
+    report = diagnose(model, x, y)
+    assert report.kinds == ["exploding"]
+    assert {"05", "07", "10", "12"} <= {fix.lesson for fix in report["exploding"].fixes}
+
+
+def test_an_over_scaled_init_is_told_to_fix_the_init_first_not_to_add_residuals(batch):
+    report = diagnose(build(depth=10, activation="relu", init="normal",
+                            std=1.5 * math.sqrt(2 / 64)), *batch)
+    first = report["exploding"].fixes[0]
+    assert first.lesson == "07" and "residual" not in " ".join(fixes_of(report))
 
 
 def test_plain_batchnorm_explosion_points_to_batchnorm_and_residual_connections(batch):
