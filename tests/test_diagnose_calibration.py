@@ -114,6 +114,7 @@ ZOO: dict[str, Builder] = {
     "torchvision densenet": lambda: (tv.densenet.DenseNet(growth_rate=12, block_config=(2, 2, 2),
                                                           num_init_features=16, num_classes=10),
                                      *images()),
+    "torchvision densenet121 (full size)": lambda: (tv.densenet121(num_classes=10), *images()),
     "torchvision squeezenet1_1": lambda: (tv.squeezenet1_1(num_classes=10), *images(8, 64)),
     "torchvision shufflenet_v2": lambda: (tv.shufflenet_v2_x0_5(num_classes=10), *images()),
     "torchvision mnasnet": lambda: (tv.mnasnet0_5(num_classes=10), *images()),
