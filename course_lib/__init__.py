@@ -29,7 +29,7 @@ _SUBMODULES = {"data", "models", "instrument", "train", "plots", "widgets", "dia
                "convnets", "recurrent", "rl"}
 
 
-def diagnose(model: Any, x: Any, y: Any, loss_fn: Any = None) -> Any:
+def diagnose(model: Any, x: Any, y: Any = None, loss_fn: Any = None) -> Any:
     """Diagnose gradient problems of any ``nn.Module`` on one batch: see
     :func:`course_lib.diagnosis.diagnose`."""
     from course_lib.diagnosis import diagnose as _diagnose

@@ -1,195 +1,270 @@
 """Diagnose gradient problems of any ``nn.Module`` from one forward and backward pass.
 
-:func:`diagnose` runs one batch through the model with :func:`course_lib.instrument.snapshot`,
-plus a hook on the input of every recurrent layer, and reports four kinds of problem:
+``diagnose(model, x, y)`` runs one batch through the model with
+:func:`course_lib.instrument.snapshot` (the course's layer selection, hooks that see every call
+and functional activations, and its statistics) and returns a :class:`Report`:
 
-- ``vanishing``: the backpropagated signal ||dL/dh|| at the first layer is below
-  :data:`VANISHING_DECAY` of the largest signal of any layer, or weight gradients are
-  tiny next to the weights (||dL/dW|| / ||W|| below :data:`TINY_GRAD_RATIO`), or, in a recurrent
-  layer, ||dL/dx_t|| at the first time step is below :data:`TEMPORAL_DECAY` of the last step's.
-- ``exploding``: the signal at the first layer is above :data:`EXPLODING_GROWTH` times the
-  signal at the last layer, a
-  layer's ||dL/dW|| / ||W|| exceeds :data:`HUGE_GRAD_RATIO`, or the loss or a gradient is not finite.
-- ``saturation``: more than :data:`SATURATED_FRACTION` of a sigmoid/tanh layer's outputs sit
-  where the derivative is below 5 % of its peak.
-- ``dead_units``: more than :data:`DEAD_FRACTION` of a layer's units output exactly zero for every
-  example of the batch.
+- *problems* (:data:`~course_lib.diagnosis_rules.KINDS`): ``vanishing``, ``exploding``,
+  ``saturation``, ``dead_units``, each with the layers, the numbers behind it and fixes that fit
+  the model, each naming the lesson that teaches it;
+- *notes* (:data:`~course_lib.diagnosis_rules.NOTE_KINDS`): what is not being trained and why:
+  ``frozen`` (``requires_grad=False``), ``unused`` (no gradient reaches the layer) and
+  ``zero_init_branch`` (an exactly-zero or tiny gradient behind a zero- or small-initialised gate
+  or scale: LoRA's B, ``zero_init_residual``, layer scale, Fixup, SkipInit, adaLN-Zero, a
+  zero-initialised head). These layers are left out of the rules; they are never "vanishing".
+
+It takes what real models take and return: ``x`` is a tensor (``model(x)``), a tuple
+(``model(*x)``) or a dict (``model(**x)``); the output may be a tensor, a tuple, a dict or a
+dataclass such as Hugging Face's ``ModelOutput``. ``loss_fn(output, y)`` receives the raw output;
+without it the loss is cross-entropy (class indices) or MSE (float targets) on the output's
+logits, or, with ``y=None``, the ``loss`` the model returns itself (``labels=`` in ``x``).
+
+The rules are scale-free (a loss scaled by 1e-3 or summed over a big batch reads the same); their
+thresholds, each with its justification, are in :mod:`course_lib.diagnosis_rules`, and the
+calibration table (which rule fires on which model, and why) is in ``docs/diagnose.md``.
+
+Recurrent layers (``nn.RNN``/``nn.LSTM``/``nn.GRU``) and cells called in a loop
+(``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell``) get a temporal analysis: ||dL/dx_t|| for every
+time step (one step per call of a cell).
 
 Why not the ratio of the first to the last layer's weight-gradient norm? Because it can read
 about 1 while everything has vanished: the weight gradient of layer l is the product of the
 signal arriving from above and the activation coming from below, and when both shrink by the same
 factor per layer (ReLU with Xavier init, tanh with a small weight variance) the two decays cancel
-in the ratio. The signal itself, and the gradient's size next to the weight's, do not cancel.
+in the ratio. The signal itself, the forward spread and the gradient's size next to the weights
+and the loss do not cancel.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from course_lib.instrument import snapshot
+from course_lib.diagnosis_rules import (
+    GATE_GAIN, KINDS, LESSONS, NOTE_KINDS, SMALL_GATE, Architecture, Finding, Fix, Measurements,
+    find, statistics,
+)
+from course_lib.hooks import Hooks
+from course_lib.instrument import batch_size, default_loss, output_tensor, snapshot
 from course_lib.layers import layer_parameters, select_layers
+from course_lib.records import Profile, Trace
 
-#: A finding ``vanishing`` when the first layer's signal is below this fraction of the largest.
-VANISHING_DECAY = 1e-2
-#: ... or when a layer's ||dL/dW|| / ||W|| is below this (absolute smallness).
-TINY_GRAD_RATIO = 1e-5
-#: A finding ``exploding`` when the first layer's signal is above this multiple of the last's.
-EXPLODING_GROWTH = 1e3
-#: ... or when a layer's ||dL/dW|| / ||W|| is above this (an SGD step at lr 1e-3 would move the
-#: weights by more than their own size). Healthy conv stems read up to ~35 on raw N(0, 1) images.
-HUGE_GRAD_RATIO = 1e3
-#: Recurrent layers: ``vanishing`` when ||dL/dx_first|| / ||dL/dx_last|| is below this.
-TEMPORAL_DECAY = 1e-4
-#: ``saturation`` when more than this fraction of a sigmoid/tanh layer's outputs are saturated.
-SATURATED_FRACTION = 0.25
-#: ``dead_units`` when more than this fraction of a layer's units are zero for the whole batch.
-DEAD_FRACTION = 0.6
+__all__ = ["diagnose", "Report", "Finding", "Fix", "KINDS", "NOTE_KINDS", "LESSONS",
+           "describe_architecture", "has_skip_connection"]
 
-KINDS: tuple[str, ...] = ("vanishing", "exploding", "saturation", "dead_units")
-
-#: The lessons that teach each fix.
-LESSONS: dict[str, str] = {
-    "02": "02 · saturation",
-    "03": "03 · initialization",
-    "06": "06 · the ReLU family",
-    "07": "07 · Xavier and He initialization",
-    "08": "08 · normalization",
-    "09": "09 · residual connections",
-    "10": "10 · gradient clipping",
-    "12": "12 · gating (LSTM, GRU)",
-}
-
-_RECURRENT = (nn.RNNBase,)
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+#: autograd nodes that apply a weight (a path through one is not an identity path)
+_WEIGHT_OPS = ("Mm", "Addmm", "Bmm", "Convolution", "Embedding", "Linear", "Baddbmm", "Matmul")
+#: per-layer statistics a report hands out as Profiles
+LAYER_PROFILES = ("grad_norm", "signal_norm", "weight_norm", "grad_to_weight", "sensitivity")
+SITE_PROFILES = ("act_mean", "act_std", "act_spread", "saturated", "dead")
 
 
-@dataclass(frozen=True)
-class Fix:
-    """One suggested fix and the lesson that teaches it (a key of :data:`LESSONS`)."""
-
-    text: str
-    lesson: str
-
-    def __str__(self) -> str:
-        return f"{self.text} (lesson {LESSONS.get(self.lesson, self.lesson)})"
-
-
-@dataclass
-class Finding:
-    """One problem: its ``kind`` (see :data:`KINDS`), the ``layers`` it concerns, the numbers
-    behind it (``evidence``), a one-line ``message`` and suggested ``fixes``."""
-
-    kind: str
-    layers: list[str]
-    evidence: dict[str, float]
-    message: str
-    fixes: list[Fix] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.message}"
-
-
+# -- the report ---------------------------------------------------------------------------------
 @dataclass
 class Report:
-    """What :func:`diagnose` measured (per layer) and found.
+    """What :func:`diagnose` measured and found.
 
-    ``layers``: per weight-bearing layer, input to output, a dict with ``grad_norm``,
-    ``signal_norm``, ``weight_norm`` and ``grad_to_weight``. ``activations``: per activation
-    module, ``mean``, ``std``, ``saturated``, ``dead``. ``temporal``: per recurrent layer, the
-    norm of dL/dx_t per time step. ``loss``: the batch's loss.
+    ``findings``: the problems (kinds in :data:`KINDS`); ``notes``: what is not being trained
+    (kinds in :data:`NOTE_KINDS`); ``trace``: the one-step :class:`~course_lib.records.Trace`;
+    ``status``: per layer, ``""`` (trained, measured), ``"frozen"``, ``"unused"``,
+    ``"zero_init_branch"``, ``"blocked"`` or ``"nonfinite"``; ``temporal``: per recurrent layer
+    or cell, ||dL/dx_t|| per time step as a Profile (``"t1"`` .. ``"tT"``); ``loss``.
+
+    Per-layer numbers come as :class:`~course_lib.records.Profile` s: :meth:`profile`, or the
+    properties ``grad_norm``, ``signal_norm``, ``weight_norm``, ``grad_to_weight`` and
+    ``sensitivity`` (||dL/dW||·||W|| / |loss|); per activation site ``act_spread``,
+    ``saturated``, ``dead`` (and ``act_mean``, ``act_std`` through :meth:`profile`).
+    ``measures``: every number the rules compared with a threshold
+    (:func:`course_lib.diagnosis_rules.statistics`), whether or not a rule fired.
     """
 
     findings: list[Finding]
-    layers: dict[str, dict[str, float]]
-    activations: dict[str, dict[str, float]]
-    temporal: dict[str, list[float]]
+    notes: list[Finding]
+    trace: Trace
+    weight: Profile
+    status: dict[str, str]
+    temporal: dict[str, Profile]
     loss: float
+    architecture: Architecture = field(default_factory=Architecture)
+    measures: dict[str, float] = field(default_factory=dict)
 
+    # -- reading it ----------------------------------------------------------------------------
     @property
     def healthy(self) -> bool:
-        """True when nothing was found."""
+        """True when no problem was found (notes do not count)."""
         return not self.findings
 
     @property
     def kinds(self) -> list[str]:
-        """The kinds of the findings, in :data:`KINDS` order, without repeats."""
+        """The kinds of the problems found, in :data:`KINDS` order."""
         found = {f.kind for f in self.findings}
         return [k for k in KINDS if k in found]
 
+    @property
+    def note_kinds(self) -> list[str]:
+        """The kinds of the notes, in :data:`NOTE_KINDS` order."""
+        found = {f.kind for f in self.notes}
+        return [k for k in NOTE_KINDS if k in found]
+
     def __getitem__(self, kind: str) -> Finding:
-        for f in self.findings:
+        for f in self.findings + self.notes:
             if f.kind == kind:
                 return f
-        raise KeyError(f"no {kind!r} finding; found: {self.kinds}")
+        raise KeyError(f"no {kind!r} finding; found: {self.kinds + self.note_kinds}")
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.kinds or kind in self.note_kinds
+
+    @property
+    def layers(self) -> list[str]:
+        """The measured layers, input to output."""
+        return list(self.trace.layers)
+
+    @property
+    def activations(self) -> list[str]:
+        """The activation sites (modules and functional calls), in the order first seen."""
+        return list(self.trace.act_layers)
+
+    def profile(self, stat: str) -> Profile:
+        """One statistic per layer (:data:`LAYER_PROFILES`) or per activation site
+        (:data:`SITE_PROFILES`) as a Profile."""
+        if stat == "weight_norm":
+            return self.weight
+        if stat == "grad_to_weight":
+            g = self.trace.profile("grad_norm")
+            return Profile(((n, g[n] / w if w > 0 else math.nan) for n, w in self.weight.items()),
+                           "||dL/dW|| / ||W||")
+        if stat == "sensitivity":
+            g = self.trace.profile("grad_norm")
+            scale = abs(self.loss) if math.isfinite(self.loss) and self.loss != 0 else math.nan
+            return Profile(((n, g[n] * w / scale) for n, w in self.weight.items()),
+                           "||dL/dW||·||W|| / |loss|")
+        if stat in ("grad_norm", "signal_norm") or stat in SITE_PROFILES:
+            return self.trace.profile(stat)
+        raise ValueError(f"unknown stat {stat!r}; valid: "
+                         f"{', '.join(map(repr, LAYER_PROFILES + SITE_PROFILES))}")
+
+    grad_norm = property(lambda self: self.profile("grad_norm"), doc="||dL/dW|| per layer.")
+    signal_norm = property(lambda self: self.profile("signal_norm"), doc="||dL/dh|| per layer.")
+    weight_norm = property(lambda self: self.weight, doc="||W|| per layer.")
+    grad_to_weight = property(lambda self: self.profile("grad_to_weight"),
+                              doc="||dL/dW|| / ||W|| per layer.")
+    sensitivity = property(lambda self: self.profile("sensitivity"),
+                           doc="||dL/dW||·||W|| / |loss| per layer (scale-free).")
+    act_spread = property(lambda self: self.profile("act_spread"),
+                          doc="Per-unit spread across the batch, per activation site.")
+    saturated = property(lambda self: self.profile("saturated"),
+                         doc="Saturated fraction per activation site (sigmoid/tanh).")
+    dead = property(lambda self: self.profile("dead"), doc="Dead fraction per activation site.")
 
     # -- rendering -----------------------------------------------------------------------------
-    def _layer_rows(self) -> list[list[str]]:
-        return [[name, _fmt(s["grad_norm"]), _fmt(s["signal_norm"]), _fmt(s["weight_norm"]),
-                 _fmt(s["grad_to_weight"])] for name, s in self.layers.items()]
+    def _verdict(self) -> str:
+        return "healthy" if self.healthy else ", ".join(self.kinds)
 
-    def _act_rows(self) -> list[list[str]]:
-        return [[name, f"{s['mean']:.3g}", f"{s['std']:.3g}", _pct(s["saturated"]), _pct(s["dead"])]
-                for name, s in self.activations.items()]
+    def __repr__(self) -> str:
+        notes = f"; notes: {', '.join(self.note_kinds)}" if self.notes else ""
+        return (f"Report({self._verdict()}{notes}; {len(self.layers)} layers, "
+                f"{len(self.activations)} activation sites, loss {self.loss:.4g})")
 
-    def __str__(self) -> str:
-        lines = [f"Diagnosis: {'healthy' if self.healthy else ', '.join(self.kinds)} "
-                 f"(loss {self.loss:.4g})"]
+    def _layer_rows(self, limit: int) -> list[list[str]]:
+        g, s, r = self.grad_norm, self.signal_norm, self.sensitivity
+        names = _shown(self.layers, limit)
+        return [["…", "", "", "", ""] if n is None else
+                [n, _fmt(g[n]), _fmt(s[n]), _fmt(r[n]), self.status.get(n, "")] for n in names]
+
+    def _site_rows(self, limit: int) -> list[list[str]]:
+        if not self.activations:
+            return []
+        sp, sat, dead = self.act_spread, self.saturated, self.dead
+        names = _shown(self.activations, limit)
+        return [["…", "", "", ""] if n is None else
+                [n, _fmt(sp[n]), _pct(sat[n]), _pct(dead[n])] for n in names]
+
+    def to_text(self, limit: int = 12) -> str:
+        """The report as text: verdict, findings with fixes, notes, then short tables of at most
+        ``limit`` layers and activation sites (the first and last ones)."""
+        lines = [f"Diagnosis: {self._verdict()} (loss {self.loss:.4g})"]
         for f in self.findings:
             lines.append(f"  [{f.kind}] {f.message}")
-            lines.append(f"      layers: {', '.join(f.layers[:8])}"
-                         + (f" (+{len(f.layers) - 8} more)" if len(f.layers) > 8 else ""))
-            for fix in f.fixes:
-                lines.append(f"      fix: {fix}")
+            lines.append(f"      where: {_names(f.layers)}")
+            lines += [f"      fix: {fix}" for fix in f.fixes]
+        for f in self.notes:
+            lines.append(f"  note [{f.kind}] {f.message}")
         lines.append("")
-        lines += _text_table(["layer", "||dL/dW||", "||dL/dh||", "||W||", "grad/weight"],
-                             self._layer_rows())
-        if self.activations:
+        lines += _text_table(["layer", "||dL/dW||", "||dL/dh||", "sensitivity", "status"],
+                             self._layer_rows(limit))
+        sites = self._site_rows(limit)
+        if sites:
             lines.append("")
-            lines += _text_table(["activation", "mean", "std", "saturated", "dead"],
-                                 self._act_rows())
+            lines += _text_table(["activation", "spread", "saturated", "dead"], sites)
         for name, steps in self.temporal.items():
-            lines.append(f"\n{name}: ||dL/dx_t|| first step {_fmt(steps[0])}, "
-                         f"last step {_fmt(steps[-1])} over {len(steps)} steps")
+            v = steps.array
+            lines.append(f"\n{name}: ||dL/dx_t|| {_fmt(v[0])} at the first of {len(v)} steps, "
+                         f"{_fmt(v[-1])} at the last")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     def _repr_html_(self) -> str:
         e = html.escape
-        status = ("<b style='color:green'>healthy</b>" if self.healthy else
-                  "<b style='color:#b00'>" + e(", ".join(self.kinds)) + "</b>")
-        parts = [f"<p>Diagnosis: {status} (loss {self.loss:.4g})</p>"]
-        if self.findings:
-            parts.append("<table><tr><th>kind</th><th>what</th><th>layers</th><th>fixes</th></tr>")
-            for f in self.findings:
-                layers = ", ".join(f.layers[:8]) + (" …" if len(f.layers) > 8 else "")
-                fixes = "<br>".join(e(str(x)) for x in f.fixes)
-                parts.append(f"<tr><td><b>{e(f.kind)}</b></td><td>{e(f.message)}</td>"
-                             f"<td>{e(layers)}</td><td style='text-align:left'>{fixes}</td></tr>")
-            parts.append("</table>")
-        parts.append(_html_table(["layer", "||dL/dW||", "||dL/dh||", "||W||", "grad/weight"],
-                                 self._layer_rows()))
-        if self.activations:
-            parts.append(_html_table(["activation", "mean", "std", "saturated", "dead"],
-                                     self._act_rows()))
+        colour = "green" if self.healthy else "#b00"
+        parts = [f"<p><b>Diagnosis: <span style='color:{colour}'>{e(self._verdict())}</span></b>"
+                 f" (loss {self.loss:.4g}; {len(self.layers)} layers, {len(self.activations)} "
+                 "activation sites)</p>"]
+        rows = [(f.kind, f.message, _names(f.layers), "<br>".join(e(str(x)) for x in f.fixes))
+                for f in self.findings]
+        rows += [(f"note: {f.kind}", f.message, _names(f.layers), "") for f in self.notes]
+        if rows:
+            parts.append("<table><tr><th>finding</th><th>what</th><th>where</th><th>fixes</th>"
+                         "</tr>" + "".join(
+                             f"<tr><td><b>{e(k)}</b></td><td style='text-align:left'>{e(m)}</td>"
+                             f"<td style='text-align:left'>{e(w)}</td>"
+                             f"<td style='text-align:left'>{fx}</td></tr>"
+                             for k, m, w, fx in rows) + "</table>")
+        parts.append(_html_table(["layer", "||dL/dW||", "||dL/dh||", "sensitivity", "status"],
+                                 self._layer_rows(12)))
+        sites = self._site_rows(8)
+        if sites:
+            parts.append(_html_table(["activation", "spread", "saturated", "dead"], sites))
         return "\n".join(parts)
 
 
+def _shown(names: list[str], limit: int) -> list[str | None]:
+    if len(names) <= limit:
+        return list(names)
+    head = limit // 2
+    return names[:head] + [None] + names[-(limit - head - 1):]
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _fmt(v: float) -> str:
-    return "nan" if v is None or math.isnan(v) else f"{v:.2e}"
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.2e}"
 
 
 def _pct(v: float) -> str:
-    return "-" if math.isnan(v) else f"{100 * v:.0f}%"
+    return "-" if not math.isfinite(v) else f"{100 * v:.0f}%"
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return [fmt.format(*header), fmt.format(*["-" * w for w in widths])] + [fmt.format(*r) for r in rows]
+    fmt = "  ".join(f"{{:<{w}}}" if i in (0, len(header) - 1) else f"{{:>{w}}}"
+                    for i, w in enumerate(widths))
+    return [fmt.format(*header).rstrip(), fmt.format(*["-" * w for w in widths])] + \
+        [fmt.format(*r).rstrip() for r in rows]
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -199,235 +274,360 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-# -- measurements ------------------------------------------------------------------------------
-def _temporal_hooks(model: nn.Module, store: dict[str, list[torch.Tensor]]) -> list:
-    """Forward hooks on recurrent layers that keep dL/d(input) per time step."""
-    handles = []
-    for name, module in model.named_modules():
-        if not isinstance(module, _RECURRENT):
-            continue
-
-        def hook(mod: nn.Module, inputs: tuple, output: object, name: str = name) -> None:
-            x = inputs[0] if inputs else None
-            if not isinstance(x, torch.Tensor) or not x.requires_grad or x.ndim < 2 \
-                    or name in store:
-                return
-            time_dim = 1 if (x.ndim == 3 and getattr(mod, "batch_first", False)) else 0
-
-            def grad_hook(g: torch.Tensor) -> None:
-                g = g.detach().float().transpose(0, time_dim)  # (T, ...)
-                store[name] = [float(v) for v in g.reshape(g.shape[0], -1).norm(dim=1)]
-
-            x.register_hook(grad_hook)
-            store[name] = []  # placeholder: first call only
-
-        handles.append(module.register_forward_hook(hook))
-    return handles
-
-
-def _signal_extremes(names: list[str], signal: list[float]) -> tuple[float, str, float, str]:
-    """Signal decay and growth seen from the input layer.
-
-    ``decay`` = signal at the first layer / the largest signal of any layer (and that layer);
-    ``growth`` = signal at the first layer / signal at the last layer (and the last layer).
-    Comparing the input end with the output end, rather than every pair of layers, keeps small
-    side branches (squeeze-and-excitation, normalization rescaling) from reading as problems.
-    """
-    valid = [(n, s) for n, s in zip(names, signal) if math.isfinite(s)]
-    if len(valid) < 2:
-        return 1.0, "", 1.0, ""
-    first = valid[0][1]
-    top_name, top = max(valid, key=lambda v: v[1])
-    last_name, last = valid[-1]
-    decay = first / top if top > 0 else 1.0
-    growth = first / last if last > 0 else (math.inf if first > 0 else 1.0)
-    return decay, top_name, growth, last_name
-
-
-def _has_saturating(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Sigmoid, nn.Tanh)) for m in model.modules())
-
-
-def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Report:
-    """One forward and backward pass on ``(x, y)``; a :class:`Report` of what is wrong and what to do.
-
-    Works on any ``nn.Module`` whose output (or the first tensor of it) ``loss_fn(output, y)``
-    accepts; ``loss_fn`` defaults to cross-entropy for integer ``y`` and MSE for float ``y``.
-    Use a batch of at least 16 examples: with fewer, a ReLU unit can be zero for the whole batch by
-    chance. The model's gradients are overwritten; weights and train/eval mode are left as they are.
-
-    Raises:
-        ValueError: ``model`` is not an ``nn.Module``, ``x``/``y`` are not tensors with the same
-            number of examples, ``loss_fn`` is not callable, or the model has no weights.
-    """
+# -- what goes in -------------------------------------------------------------------------------
+def _check(model: Any, x: Any, y: Any, loss_fn: Any) -> None:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise ValueError(f"x and y must be torch.Tensors, got {type(x).__name__} and "
-                         f"{type(y).__name__}")
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same number of examples (first dimension), got "
-                         f"shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if not isinstance(x, (torch.Tensor, tuple, list, Mapping)):
+        raise ValueError(f"x must be a torch.Tensor (model(x)), a tuple or list (model(*x)) or a "
+                         f"dict (model(**x)), got {type(x).__name__}")
+    n = batch_size(x)
+    if y is not None:
+        if not isinstance(y, torch.Tensor):
+            raise ValueError(f"y must be a torch.Tensor or None, got {type(y).__name__}")
+        if y.ndim == 0 or y.shape[0] != n:
+            raise ValueError(f"x and y must have the same number of examples (first dimension), "
+                             f"got {n} and {tuple(y.shape)}")
     if loss_fn is not None and not callable(loss_fn):
         raise ValueError(f"loss_fn must be None (cross-entropy for class indices, MSE for float "
-                         f"targets) or a callable loss_fn(output, y), got {type(loss_fn).__name__}")
+                         f"targets, the model's own loss when y is None) or a callable "
+                         f"loss_fn(output, y), got {type(loss_fn).__name__}")
     if not select_layers(model):
-        raise ValueError("the model has no layers with parameters to diagnose")
+        raise ValueError("the model has no layers with parameters to diagnose (a main-path "
+                         "layer owns a weight of two or more dimensions)")
 
-    if torch.is_floating_point(x):  # lets recurrent layers fed with raw data see dL/dx_t
-        x = x.detach().clone().requires_grad_(True)
-    temporal: dict[str, list[float]] = {}
-    handles = _temporal_hooks(model, temporal)
-    losses: list[float] = []
 
-    def _loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from course_lib.instrument import default_loss
-        value = (loss_fn or default_loss)(out, target)
-        losses.append(float(value.detach()) if isinstance(value, torch.Tensor)
-                      and value.ndim == 0 else math.nan)
+def _own_loss(output: Any) -> torch.Tensor:
+    """The loss a model computed itself (``output.loss`` or ``output["loss"]``)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"y is None and the model's output ({type(output).__name__}) holds no "
+                         "loss: pass targets y, a loss_fn(output, y), or inputs that make the "
+                         "model compute its loss (e.g. labels=... in the dict x)")
+    return loss
+
+
+def _make_loss(loss_fn: Callable | None, y: Any) -> Callable[[Any, Any], torch.Tensor]:
+    if loss_fn is not None:
+        return loss_fn
+    if y is None:
+        return lambda out, _: _own_loss(out)
+
+    def loss(out: Any, target: torch.Tensor) -> torch.Tensor:
+        try:
+            logits = output_tensor(out)
+        except ValueError:
+            raise ValueError(f"the model's output ({type(out).__name__}) holds no tensor: pass "
+                             "loss_fn(output, y) that computes the loss from it") from None
+        return default_loss(logits, target)
+    return loss
+
+
+def _with_input_grad(x: Any) -> Any:
+    """``x`` with its floating-point tensors as fresh leaves that require grad (so that a
+    recurrent layer fed with raw data sees dL/dx_t); the caller's tensors are untouched."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone().requires_grad_(True) if torch.is_floating_point(x) else x
+    if isinstance(x, Mapping):
+        return {k: _with_input_grad(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_with_input_grad(v) for v in x)
+    return x
+
+
+# -- what the model is built of -----------------------------------------------------------------
+def _walk(start: Any, budget: int, through_weights: bool) -> set[int]:
+    """Autograd nodes reachable from ``start``: with ``through_weights=False`` only through nodes
+    that apply no weight (and ``start`` itself if it applies none); with ``True``, the nodes
+    reached after passing at least one weight."""
+    found: set[int] = set()
+    stack, seen = [(start, False)], set()
+    while stack and budget > 0:
+        node, passed = stack.pop()
+        budget -= 1
+        weight = any(op in type(node).__name__ for op in _WEIGHT_OPS)
+        if not through_weights and weight:
+            continue
+        passed = passed or weight
+        if not through_weights or passed:
+            found.add(id(node))
+        for nxt, _ in node.next_functions:
+            if nxt is not None and (id(nxt), passed) not in seen:
+                seen.add((id(nxt), passed))
+                stack.append((nxt, passed))
+    return found
+
+
+def has_skip_connection(loss: torch.Tensor, max_joins: int = 256) -> bool:
+    """Whether the autograd graph of ``loss`` holds a skip connection: an Add (residual) or Cat
+    (dense) node one of whose inputs reaches, without passing a weight, a node that its other
+    input reaches only through a weight (``x + F(x)``, ``cat([x, F(x)])``)."""
+    if loss.grad_fn is None:
+        return False
+    joins, stack, seen = [], [loss.grad_fn], {id(loss.grad_fn)}
+    while stack and len(seen) < 50_000 and len(joins) < max_joins:
+        node = stack.pop()
+        if type(node).__name__.startswith(("AddBackward", "CatBackward")):
+            joins.append(node)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                stack.append(nxt)
+    for node in joins:
+        inputs = [n for n, _ in node.next_functions if n is not None]
+        for i, a in enumerate(inputs):
+            identity = _walk(a, 64, through_weights=False)
+            if not identity:
+                continue
+            for b in inputs[:i] + inputs[i + 1:]:
+                if identity & _walk(b, 600, through_weights=True):
+                    return True
+    return False
+
+
+def describe_architecture(model: nn.Module, skip: bool = False,
+                          kinds: list[str] | None = None) -> Architecture:
+    """What ``model`` is built of: normalization, attention, recurrent types (from its modules),
+    whether most activation ``kinds`` saturate, and ``skip`` (measured by :func:`diagnose`)."""
+    modules = list(model.modules())
+    names = [type(m).__name__ for m in modules]
+    kinds = kinds or []
+    return Architecture(
+        skip=skip,
+        batchnorm=any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules),
+        norm=any(isinstance(m, _NORM_TYPES) or "Norm" in n for m, n in zip(modules, names)),
+        attention=any(isinstance(m, nn.MultiheadAttention) or "Attention" in n
+                      for m, n in zip(modules, names)),
+        saturating=bool(kinds) and sum(k in ("sigmoid", "tanh") for k in kinds) > len(kinds) / 2,
+        vanilla_rnn=any(isinstance(m, (nn.RNN, nn.RNNCell)) for m in modules),
+        lstm=any(isinstance(m, (nn.LSTM, nn.LSTMCell)) for m in modules),
+        gru=any(isinstance(m, (nn.GRU, nn.GRUCell)) for m in modules),
+    )
+
+
+class _Probe:
+    """During the diagnosed pass: ||dL/dx_t|| per time step of every recurrent layer (its first
+    call) and cell (one step per call)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.recurrent = {n: m for n, m in model.named_modules() if isinstance(m, _RECURRENT)}
+        self.steps: dict[str, dict[int, float]] = {}
+        self._hooks = [Hooks(self.recurrent, self._on_recurrent)]
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def _on_recurrent(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
+        x = inputs[0] if inputs else None
+        if not isinstance(x, torch.Tensor) or not x.requires_grad or not torch.is_grad_enabled():
+            return
+        store = self.steps.setdefault(name, {})
+        if isinstance(module, nn.RNNCellBase):
+            index = len(store)
+            store[index] = math.nan
+
+            def cell_hook(g: torch.Tensor, i: int = index) -> None:
+                store[i] = float(g.detach().double().norm())
+            x.register_hook(cell_hook)
+            return
+        if store or x.ndim < 2:
+            return  # a layer's first call only
+        time_dim = 1 if (x.ndim == 3 and module.batch_first) else 0
+
+        def seq_hook(g: torch.Tensor) -> None:
+            g = g.detach().double().transpose(0, time_dim)
+            for t, v in enumerate(g.reshape(g.shape[0], -1).norm(dim=1).tolist()):
+                store[t] = v
+        store[-1] = math.nan  # marks the first call as taken
+        x.register_hook(seq_hook)
+
+    def temporal(self) -> dict[str, Profile]:
+        out = {}
+        for name, store in self.steps.items():
+            values = [store[t] for t in sorted(store) if t >= 0]
+            if len(values) >= 2:
+                out[name] = Profile(((f"t{t + 1}", v) for t, v in enumerate(values)),
+                                    "||dL/dx_t||", name)
+        return out
+
+
+# -- gates --------------------------------------------------------------------------------------
+def _gate_candidates(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable non-bias parameters that are all zeros, or vectors (one non-trivial dimension)
+    whose entries are all at most :data:`SMALL_GATE` in size."""
+    found = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not p.requires_grad or p.numel() == 0 or name.rsplit(".", 1)[-1] == "bias":
+                continue
+            top = float(p.detach().abs().max())
+            vector = p.numel() == max(p.shape, default=1)
+            if top == 0 or (vector and top <= SMALL_GATE):
+                found[name] = p
+    return found
+
+
+def _open(p: nn.Parameter) -> None:
+    """A zero or tiny gate opened: a scale or a vector to 1, a matrix to the default init."""
+    if p.numel() == max(p.shape, default=1):
+        p.fill_(1.0)
+    else:
+        fan_in = p[0].numel()
+        p.normal_(0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _behind_gates(model: nn.Module, x: Any, y: Any, loss: Callable, grad: Profile,
+                  candidates: dict[str, nn.Parameter]) -> tuple[list[str], list[str]]:
+    """The layers whose gradient is exactly zero or tiny because of a gate, found by opening
+    every candidate gate and measuring again (the model is restored afterwards), and the gates
+    that mattered."""
+    saved = {n: p.detach().clone() for n, p in candidates.items()}
+    try:
+        with torch.no_grad():
+            for p in candidates.values():
+                _open(p)
+        opened = snapshot(model, x, y, loss, functional=False).profile("grad_norm")
+    finally:
+        with torch.no_grad():
+            for n, p in candidates.items():
+                p.copy_(saved[n])
+        model.zero_grad(set_to_none=True)
+    behind = [n for n in grad.layers if math.isfinite(grad[n]) and math.isfinite(opened[n])
+              and opened[n] > 0 and (grad[n] == 0 or opened[n] >= GATE_GAIN * grad[n])]
+    gates = sorted(saved, key=lambda n: float(saved[n].abs().max()) > 0) if behind else []
+    return behind, gates
+
+
+# -- diagnose -----------------------------------------------------------------------------------
+def diagnose(model: nn.Module, x: Any, y: torch.Tensor | None = None,
+             loss_fn: Callable[[Any, Any], torch.Tensor] | None = None) -> Report:
+    """One forward and backward pass on ``(x, y)``; a :class:`Report` of what is wrong, what is
+    not trained, and what to do.
+
+    Args:
+        x: a tensor (``model(x)``), a tuple or list (``model(*x)``) or a dict (``model(**x)``).
+        y: targets; ``None`` when ``loss_fn`` does not need them or the model computes its own
+            loss (``output.loss``, e.g. ``labels=`` in ``x``).
+        loss_fn: ``loss_fn(output, y)`` on the model's raw output (tensor, tuple, dict or
+            ``ModelOutput``); default cross-entropy for class indices, MSE for float targets, on
+            the output's logits.
+
+    Use a batch of at least 16 examples: with fewer, a ReLU unit can be zero for the whole batch
+    by chance. The model's gradients are overwritten; its weights and train/eval mode are left as
+    they are.
+
+    Raises:
+        ValueError: ``model`` is not an ``nn.Module``; ``x`` is not a tensor, tuple, list or dict
+            of tensors; ``y`` does not match ``x``'s batch; ``loss_fn`` is not callable; the model
+            has no weights; or the output holds no tensor (or, with ``y=None``, no loss).
+    """
+    _check(model, x, y, loss_fn)
+    measured_loss = _make_loss(loss_fn, y)
+    skip: list[bool] = []
+
+    def loss(output: Any, target: Any) -> torch.Tensor:
+        value = measured_loss(output, target)
+        if not skip and isinstance(value, torch.Tensor):
+            skip.append(has_skip_connection(value))
         return value
 
+    probe = _Probe(model)
+    x_in = _with_input_grad(x) if probe.recurrent else x
     try:
-        trace = snapshot(model, x, y, _loss)
+        trace = snapshot(model, x_in, y, loss, functional=True)
     finally:
-        for h in handles:
-            h.remove()
-    temporal = {k: v for k, v in temporal.items() if v}
-
+        probe.remove()
     modules = select_layers(model)
-    grads, signals = trace.profile("grad_norm", 0), trace.profile("signal_norm", 0)
-    layers: dict[str, dict[str, float]] = {}
-    for name in trace.layers:
-        with torch.no_grad():
-            w = math.sqrt(sum(float(p.detach().float().norm()) ** 2
-                              for p in layer_parameters(modules[name])))
-        g = grads[name]
-        layers[name] = {"grad_norm": g, "signal_norm": signals[name], "weight_norm": w,
-                        "grad_to_weight": g / w if w > 0 else math.nan}
-    acts = {name: {"mean": float(trace.stats["act_mean"][0, i]),
-                   "std": float(trace.stats["act_std"][0, i]),
-                   "saturated": float(trace.stats["saturated"][0, i]),
-                   "dead": float(trace.stats["dead"][0, i])}
-            for i, name in enumerate(trace.act_layers)}
-    loss = losses[0] if losses else math.nan
-    findings = _find(model, layers, acts, temporal, loss)
-    return Report(findings=findings, layers=layers, activations=acts, temporal=temporal, loss=loss)
+    grad = trace.profile("grad_norm")
+    status, weight, nonfinite = _layer_status(trace.layers, modules, grad)
+    loss_value = float(trace.loss[0])
+
+    notes: list[Finding] = []
+    frozen = [n for n in trace.layers if status[n] == "frozen"]
+    if frozen:
+        notes.append(Finding("frozen", frozen, {"layers": float(len(frozen))},
+                             f"{len(frozen)} layer(s) have requires_grad=False: not trained, by "
+                             "your choice; left out of the rules"))
+    unused = [n for n in trace.layers if status[n] == "unused"]
+    if unused:
+        notes.append(Finding("unused", unused, {"layers": float(len(unused))},
+                             f"{len(unused)} layer(s) received no gradient (None): they are not "
+                             "on the path from this input to the loss (an unused module, a "
+                             "detach, or a branch this input does not take)"))
+    zeros = [n for n in trace.layers if status[n] == "" and grad[n] == 0]
+    candidates = _gate_candidates(model)
+    small = [n for n, p in candidates.items() if float(p.detach().abs().max()) > 0]
+    behind: list[str] = []
+    if candidates and (zeros or small) and math.isfinite(loss_value):
+        behind, gates = _behind_gates(model, x_in, y, measured_loss, grad, candidates)
+        for n in behind:
+            if status[n] == "":
+                status[n] = "zero_init_branch"
+        if behind:
+            notes.append(Finding(
+                "zero_init_branch", behind, {"layers": float(len(behind)),
+                                             "gates": float(len(gates))},
+                f"{len(behind)} layer(s) have a zero or tiny gradient behind zero- or "
+                f"small-initialised gates or scales ({_names(gates, 4)}): by design (LoRA's B, "
+                "zero-init residual, layer scale, SkipInit, adaLN-Zero, a zero head); they learn "
+                "once the gate moves, and are left out of the rules"))
+    blocked = [n for n in trace.layers if status[n] == "" and grad[n] == 0]
+    for n in blocked:
+        status[n] = "blocked"
+    for n in nonfinite:
+        status[n] = "nonfinite"
+
+    usable = np.array([status[n] == "" for n in trace.layers])
+    signal = np.where(usable, trace.profile("signal_norm").array, np.nan)
+    grads = np.where(usable, grad.array, np.nan)
+    kinds = _site_kinds(model, trace)
+    measured = Measurements(
+        layers=list(trace.layers), signal=signal, grad=grads, weight=weight.array,
+        loss=loss_value, sites=list(trace.act_layers), kinds=kinds,
+        spread=trace.profile("act_spread").array, saturated=trace.profile("saturated").array,
+        dead=trace.profile("dead").array,
+        temporal={n: p.array for n, p in probe.temporal().items()},
+        arch=describe_architecture(model, bool(skip and skip[0]), kinds), nonfinite=nonfinite,
+        blocked=blocked)
+    findings = find(measured)
+    return Report(findings=findings, notes=notes, trace=trace, weight=weight, status=status,
+                  temporal=probe.temporal(), loss=loss_value, architecture=measured.arch,
+                  measures=statistics(measured))
 
 
-def _find(model: nn.Module, layers: dict[str, dict[str, float]], acts: dict[str, dict[str, float]],
-          temporal: dict[str, list[float]], loss: float) -> list[Finding]:
-    findings: list[Finding] = []
-    names = list(layers)
-    signal = [layers[n]["signal_norm"] for n in names]
-    ratio = [layers[n]["grad_to_weight"] for n in names]
-    recurrent = any(isinstance(m, _RECURRENT) for m in model.modules())
-    saturating = _has_saturating(model)
+def _layer_status(layers: list[str], modules: dict[str, nn.Module], grad: Profile
+                  ) -> tuple[dict[str, str], Profile, list[str]]:
+    """Per layer: frozen / unused / "" from its parameters, ||W||, and the layers whose gradient
+    holds a NaN or an infinity."""
+    status, weights, nonfinite = {}, [], []
+    with torch.no_grad():
+        for name in layers:
+            params = layer_parameters(modules[name]) if name in modules else []
+            weights.append((name, math.sqrt(sum(float(p.detach().double().norm()) ** 2
+                                                for p in params)) if params else math.nan))
+            if params and not any(p.requires_grad for p in params):
+                status[name] = "frozen"
+            elif params and all(p.grad is None for p in params):
+                status[name] = "unused"
+            else:
+                status[name] = ""
+                if any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                       for p in params):
+                    nonfinite.append(name)
+    return status, Profile(weights, "weight_norm"), nonfinite
 
-    # exploding first: non-finite numbers make every other rule meaningless
-    nonfinite = [n for n in names if not math.isfinite(layers[n]["grad_norm"])]
-    decay, d_to, growth, g_to = _signal_extremes(names, signal)
-    first = next((n for n, v in zip(names, signal) if math.isfinite(v)), names[0])
-    huge = [n for n, r in zip(names, ratio) if math.isfinite(r) and r > HUGE_GRAD_RATIO]
-    if not math.isfinite(loss) or nonfinite or growth > EXPLODING_GROWTH or huge:
-        evidence = {"signal_growth": growth, "max_grad_to_weight": max(
-            (r for r in ratio if math.isfinite(r)), default=math.nan), "loss": loss,
-            "nonfinite_layers": float(len(nonfinite))}
-        parts = []
-        if nonfinite or not math.isfinite(loss):
-            parts.append(f"loss {loss:.3g}, {len(nonfinite)} layers with non-finite gradients")
-        if growth > EXPLODING_GROWTH:
-            parts.append(f"the signal ||dL/dh|| grows {growth:.1e}x from {g_to} back to {first}")
-        if huge:
-            parts.append(f"||dL/dW||/||W|| up to {evidence['max_grad_to_weight']:.1e}")
-        fixes = [Fix("scale the initial weights to the fan-in (He for ReLU, Xavier for tanh)", "07"),
-                 Fix("add normalization layers (BatchNorm/LayerNorm)", "08"),
-                 Fix("clip the gradient norm to cap steps while you fix the cause", "10")]
-        if recurrent:
-            fixes.append(Fix("use an orthogonal or smaller recurrent init", "03"))
-        findings.append(Finding("exploding", sorted(set(nonfinite + huge + ([first] if growth > EXPLODING_GROWTH else [])),
-                                                    key=names.index),
-                                evidence, "; ".join(parts), fixes))
-        return findings + _activation_findings(acts, saturating)
 
-    tiny = [n for n, r in zip(names, ratio) if math.isfinite(r) and r < TINY_GRAD_RATIO]
-    below = []
-    if decay < VANISHING_DECAY:
-        ref = layers[d_to]["signal_norm"]
-        below = [n for n in names[:names.index(d_to)]
-                 if layers[n]["signal_norm"] < VANISHING_DECAY * ref]
-        below = below or [first]
-    if below or tiny:
-        evidence = {"signal_decay": decay,
-                    "min_grad_to_weight": min((r for r in ratio if math.isfinite(r)),
-                                              default=math.nan),
-                    "first_over_last_grad": layers[names[0]]["grad_norm"]
-                    / max(layers[names[-1]]["grad_norm"], 1e-45)}
-        parts = []
-        if below:
-            parts.append(f"the signal ||dL/dh|| reaching {first} is {decay:.1e} of {d_to}'s")
-        if tiny:
-            parts.append(f"{len(tiny)} layers have ||dL/dW||/||W|| below {TINY_GRAD_RATIO:.0e} "
-                         f"(min {evidence['min_grad_to_weight']:.1e})")
-        fixes = []
-        if saturating:
-            fixes.append(Fix("replace sigmoid/tanh in hidden layers by ReLU-family units", "06"))
-        fixes += [Fix("use He init for ReLU, Xavier for tanh: Var[w] = 2/fan_in or "
-                      "2/(fan_in+fan_out)", "07"),
-                  Fix("add BatchNorm/LayerNorm before the activations", "08"),
-                  Fix("add residual connections so the gradient has an identity path", "09")]
-        findings.append(Finding("vanishing", sorted(set(below + tiny), key=names.index), evidence,
-                                "; ".join(parts), fixes))
+def _site_kinds(model: nn.Module, trace: Trace) -> list[str]:
+    """The activation kind of every site of ``trace`` (``"owner.kind#k"`` names a functional
+    site; a module site's kind comes from its module)."""
+    from course_lib.hooks import activation_kind
 
-    slow = {n: steps for n, steps in temporal.items()
-            if len(steps) > 1 and steps[-1] > 0 and steps[0] / steps[-1] < TEMPORAL_DECAY}
-    if slow:
-        worst = min(slow, key=lambda n: slow[n][0] / slow[n][-1])
-        r = slow[worst][0] / slow[worst][-1]
-        per_step = r ** (1 / (len(slow[worst]) - 1)) if r > 0 else 0.0
-        evidence = {"temporal_decay": r, "per_step_factor": per_step,
-                    "steps": float(len(slow[worst]))}
-        message = (f"over {len(slow[worst])} time steps ||dL/dx_t|| falls to {r:.1e} of the last "
-                   f"step's (x{per_step:.2f} per step) in {worst}")
-        fixes = [Fix("use gated cells (LSTM or GRU; forget-gate bias 1)", "12"),
-                 Fix("initialize the recurrent weights orthogonally", "03"),
-                 Fix("shorten the sequences (truncated BPTT) or add skip connections in time", "09")]
-        if "vanishing" in [f.kind for f in findings]:
-            f = findings[[f.kind for f in findings].index("vanishing")]
-            f.layers += [n for n in slow if n not in f.layers]
-            f.evidence.update(evidence)
-            f.message += "; " + message
-            f.fixes += [x for x in fixes if x not in f.fixes]
+    modules = dict(model.named_modules())
+    kinds = []
+    for site in trace.act_layers:
+        if site in modules:
+            kinds.append(activation_kind(modules[site]))
         else:
-            findings.append(Finding("vanishing", list(slow), evidence, message, fixes))
-    return findings + _activation_findings(acts, saturating)
-
-
-def _activation_findings(acts: dict[str, dict[str, float]], saturating: bool) -> list[Finding]:
-    findings = []
-    sat = {n: a["saturated"] for n, a in acts.items()
-           if math.isfinite(a["saturated"]) and a["saturated"] > SATURATED_FRACTION}
-    if sat:
-        worst = max(sat.values())
-        findings.append(Finding(
-            "saturation", list(sat), {"max_saturated": worst, "layers_saturated": float(len(sat))},
-            f"{len(sat)} sigmoid/tanh layers have more than {SATURATED_FRACTION:.0%} of outputs "
-            f"where the derivative is below 5 % of its peak (worst {worst:.0%})",
-            [Fix("see why saturated units pass no gradient", "02"),
-             Fix("shrink the initial weights: Xavier init keeps pre-activations near 0", "07"),
-             Fix("normalize pre-activations (BatchNorm/LayerNorm)", "08"),
-             Fix("use ReLU-family activations in hidden layers", "06")]))
-    dead = {n: a["dead"] for n, a in acts.items()
-            if math.isfinite(a["dead"]) and a["dead"] > DEAD_FRACTION}
-    if dead:
-        worst = max(dead.values())
-        findings.append(Finding(
-            "dead_units", list(dead), {"max_dead": worst, "layers_dead": float(len(dead))},
-            f"{len(dead)} layers have more than {DEAD_FRACTION:.0%} of units that output 0 for "
-            f"every example (worst {worst:.0%})",
-            [Fix("use leaky ReLU, ELU or GELU, which pass gradient for negative inputs", "06"),
-             Fix("initialize biases to zero and weights with He init", "07"),
-             Fix("check the initialization and the input scale (large negative pre-activations)",
-                 "03"),
-             Fix("normalize pre-activations so about half the units are active", "08")]))
-    return findings
+            kinds.append(site.rsplit(".", 1)[-1].split("#")[0])
+    return kinds

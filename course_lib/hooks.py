@@ -7,7 +7,9 @@
   from functional activations called inside ``forward`` (``torch.sigmoid``, ``torch.tanh``,
   ``F.relu``, ``F.gelu``, ``x.sigmoid()``, ...), the latter seen through a
   ``torch.overrides.TorchFunctionMode`` and named after the module that called them
-  (``block3.sigmoid``).
+  (``block3.sigmoid``; the second call of the same kind in one call of that module is
+  ``block3.sigmoid#2``, so ``for fc in self.layers: x = torch.sigmoid(fc(x))`` gives one site per
+  depth, while a cell called once per time step pools its steps into one site).
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ class ActivationCapture:
 
     ``site`` is the activation module's name for module activations (every call) and
     ``"<module>.<kind>"`` for a functional activation, where ``<module>`` is the innermost module
-    that called it (just ``"<kind>"`` at the top level). A functional call made *inside* an
+    that called it (just ``"<kind>"`` at the top level); the k-th call (k >= 2) of the same kind
+    within one call of that module is ``"<module>.<kind>#k"``. A functional call made *inside* an
     activation module (``nn.Sigmoid`` calls ``torch.sigmoid``) is not counted twice. With
     ``functional=False`` only activation modules are seen, and no function mode is entered.
     ``modules`` may pass the activation modules (``{name: module}``) when the caller already
@@ -140,6 +143,7 @@ class ActivationCapture:
         self._hooks: list[Hooks] = []
         self._mode: _FunctionalMode | None = None
         self._stack: list[str] = []
+        self._counts: list[dict[str, int]] = []  # functional calls per kind, per open module call
         self._in_activation = 0
 
     def start(self) -> ActivationCapture:
@@ -175,16 +179,20 @@ class ActivationCapture:
 
     def _enter_module(self, name: str, module: nn.Module, inputs: tuple) -> None:
         self._stack.append(name)
+        self._counts.append({})
 
     def _leave_module(self, name: str, module: nn.Module, inputs: tuple, output: Any) -> None:
         if self._stack:
             self._stack.pop()
+            self._counts.pop()
 
     def _on_functional(self, kind: str, output: torch.Tensor) -> None:
         if not self._stack or output.numel() == 0:
             return  # outside the model's forward (e.g. in a loss function)
-        owner = self._stack[-1]
-        self._fn(f"{owner}.{kind}" if owner else kind, kind, output)
+        owner, counts = self._stack[-1], self._counts[-1]
+        counts[kind] = k = counts.get(kind, 0) + 1
+        site = f"{owner}.{kind}" if owner else kind
+        self._fn(site if k == 1 else f"{site}#{k}", kind, output)
 
     def remove(self) -> None:
         """Leave the function mode and remove every hook (idempotent)."""
@@ -195,6 +203,7 @@ class ActivationCapture:
             hooks.remove()
         self._hooks.clear()
         self._stack.clear()
+        self._counts.clear()
         self._in_activation = 0
 
     def __enter__(self) -> ActivationCapture:

@@ -49,6 +49,34 @@ def test_activation_capture_names_functional_calls_after_their_module():
     assert _hooked(model) == 0
 
 
+def test_functional_calls_in_a_loop_are_one_site_per_depth_and_a_cell_pools_its_steps():
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(3, 3) for _ in range(3))
+            self.cell = Cell()
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = torch.sigmoid(layer(x))
+            for _ in range(4):  # a cell called once per time step
+                x = self.cell(x)
+            return x
+
+    class Cell(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))
+
+    seen = []
+    with ActivationCapture(Deep(), lambda site, kind, out: seen.append(site)) as cap:
+        cap.model(torch.randn(2, 3))
+    assert seen == ["sigmoid", "sigmoid#2", "sigmoid#3"] + ["cell.tanh"] * 4
+
+
 def test_activation_capture_modules_only():
     model = nn.Sequential(nn.Linear(3, 3), nn.Sigmoid())
     seen = []
