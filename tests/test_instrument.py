@@ -348,3 +348,15 @@ def test_gradient_flow_data_deep_sigmoid_loses_the_signal_forward_and_backward()
     assert math.isclose(d["loss"], math.log(10), rel_tol=0.05)
     healthy = gradient_flow_data(depth=10, width=64, activation="relu", init="kaiming_normal")
     assert 0.1 < healthy["first_over_last"] < 10
+
+
+def test_grad_profile_reads_the_gradients_in_place_or_a_copy(tiny_batch):
+    x, y = tiny_batch
+    model = mlp(8, 3, depth=2, width=6, norm="layer")
+    ref = gradient_norms(model, x, y)
+    here = grad_profile(model)
+    assert here.layers == ["fc1", "fc2", "out"] and np.allclose(here.array, ref.array, rtol=1e-6)
+    halved = {n: p.grad / 2 for n, p in model.named_parameters()}
+    assert np.allclose(grad_profile(model, halved).array, ref.array / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown parameter name"):
+        grad_profile(model, {"fc9.weight": torch.ones(1)})
