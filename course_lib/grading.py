@@ -595,6 +595,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     p.add_argument("--to", type=Path, default=None, help="default: COURSE/grades.csv")
     p = subs["feedback"] = sub.add_parser("feedback", help="per-student HTML feedback")
     p.add_argument("lessons", nargs="*")
+    for p in subs.values():  # --course is accepted after the command too
+        p.add_argument("--course", type=Path, default=None, dest="course_after", help=argparse.SUPPRESS)
     return parser, subs
 
 
@@ -607,7 +609,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return parser.parse_args(argv)  # prints usage or help and exits
     head = parser.parse_args(argv[:at] + [argv[at]] + (["."] if argv[at] == "autograde" else []))
     args = subs[argv[at]].parse_intermixed_args(argv[at + 1:])
-    args.course, args.command = head.course, argv[at]
+    args.course = args.course_after if args.course_after is not None else head.course
+    args.command = argv[at]
     return args
 
 
