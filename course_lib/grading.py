@@ -39,28 +39,28 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import html
-import json
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from course_lib import sandbox
+from course_lib.grading_batch import WORK_DIR, Batch, integrity_problems
+from course_lib.grading_status import STATUS_FILE, load_status, statuses
 from course_lib.sandbox import Limits, SandboxUnavailable
+
+__all__ = ["release", "autograde", "export_grades", "generate_feedback", "integrity_problems",
+           "load_status", "make_api", "nbgrader_config", "main", "Limits", "SandboxUnavailable"]
 
 COURSE_ID = "vanishing-gradients"
 #: Per-cell time limit while autograding (seconds). Lessons train small models in single cells, so
 #: this is generous; an infinite loop costs this much per cell that runs it.
 DEFAULT_TIMEOUT_S = 120
-STATUS_FILE = "submission_status.json"
-WORK_DIR = "autograde_work"
-_PLACEHOLDER = "###"  # nbgrader's solution markers in a written answer
+#: Environment variable with an SQLAlchemy URL for the gradebook (default: course/gradebook.db).
+GRADEBOOK_URL_VAR = "COURSE_GRADEBOOK_URL"
 
 
 def _ensure_tools_on_path() -> None:
@@ -98,6 +98,8 @@ def nbgrader_config(course_dir: Path, timeout: int = DEFAULT_TIMEOUT_S, results_
     c = Config()
     c.CourseDirectory.root = str(course_dir)
     c.CourseDirectory.course_id = COURSE_ID
+    if os.environ.get(GRADEBOOK_URL_VAR):  # e.g. one PostgreSQL gradebook for several graders
+        c.CourseDirectory.db_url = os.environ[GRADEBOOK_URL_VAR]
     c.Execute.timeout = int(timeout)
     c.Execute.interrupt_on_timeout = True
     c.Autograde.autograde_preprocessors = [
@@ -161,39 +163,6 @@ def release(notebooks_dir: Path = Path("notebooks"), course_dir: Path = Path("co
     return out
 
 
-def _read_notebook(path: Path):
-    import nbformat
-
-    try:
-        return nbformat.read(str(path), as_version=4)
-    except Exception as err:  # invalid JSON, not a notebook, unreadable file
-        raise ValueError(f"not a readable notebook ({type(err).__name__}: {str(err)[:100]})") from err
-
-
-def integrity_problems(submitted: Path, released: Path) -> list[str]:
-    """What a student changed that they should not have: locked and test cells edited (their
-    nbgrader checksum differs from the released one) or deleted. Raises ValueError when the
-    submission is not a readable notebook."""
-    import nbformat
-    from nbgrader.utils import compute_checksum
-
-    nb = _read_notebook(submitted)
-    ref = nbformat.read(str(released), as_version=4)
-    cells = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells
-             if c.metadata.get("nbgrader", {}).get("grade_id")}
-    problems = []
-    for cell in ref.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if not (meta.get("locked") or (meta.get("grade") and not meta.get("solution"))):
-            continue
-        gid = meta["grade_id"]
-        if gid not in cells:
-            problems.append(f"cell '{gid}' was deleted")
-        elif compute_checksum(cells[gid]) != meta.get("checksum", compute_checksum(cell)):
-            problems.append(f"cell '{gid}' was modified")
-    return problems
-
-
 def _read_roster(roster: Path | None) -> list[str]:
     if roster is None:
         return []
@@ -203,83 +172,6 @@ def _read_roster(roster: Path | None) -> list[str]:
         if first and first.lower() not in ("student_id", "id"):
             ids.append(first)
     return ids
-
-
-# -- status: one record per student and lesson, written as each finishes -------------------------
-
-def load_status(course_dir: Path) -> dict[str, dict[str, dict]]:
-    """``{student: {lesson: {"status": str, "sha256": str | None}}}`` from the status file."""
-    path = Path(course_dir) / STATUS_FILE
-    if not path.exists():
-        return {}
-    raw = json.loads(path.read_text())
-    return {s: {l: (r if isinstance(r, dict) else {"status": r, "sha256": None}) for l, r in v.items()}
-            for s, v in raw.items()}
-
-
-def _statuses(records: dict[str, dict[str, dict]]) -> dict[str, dict[str, str]]:
-    return {s: {l: r["status"] for l, r in v.items()} for s, v in records.items()}
-
-
-def _save_status(course_dir: Path, records: dict) -> None:
-    path = Path(course_dir) / STATUS_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _is_link(path: Path, own_folder: Path) -> bool:
-    """A submission that is, or lies under, a symbolic link (to another student's notebook, the
-    instructor's source...) is not the student's own file."""
-    if not (path.is_symlink() or path.exists()):
-        return False
-    try:
-        return path.is_symlink() or not path.resolve().is_relative_to(own_folder.resolve()) \
-            or own_folder.is_symlink()
-    except OSError:
-        return True
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# -- autograde -----------------------------------------------------------------------------------
-
-@dataclass
-class _Job:
-    lesson: str
-    student: str
-    sha256: str
-    sent: object                      # the sanitized notebook (nbformat NotebookNode)
-    guards: dict[str, str]
-    tampered: list[str] = field(default_factory=list)
-
-
-def _sanitized(api, lesson: str, student: str, path: Path):
-    """The submission as ``nbgrader autograde`` would execute it (its own preprocessors)."""
-    from nbgrader.converters import Autograde
-    from traitlets.utils.importstring import import_item
-
-    nb = _read_notebook(path)
-    resources = {"unique_key": lesson, "output_files_dir": f"{lesson}_files",
-                 "nbgrader": {"student": student, "assignment": lesson, "notebook": lesson,
-                              "db_url": api.coursedir.db_url}}
-    for pp in Autograde(coursedir=api.coursedir, parent=api).sanitize_preprocessors:
-        cls = import_item(pp) if isinstance(pp, str) else pp
-        nb, resources = cls(parent=api)(nb, resources)
-    return nb
-
-
-def _describe_failure(result: sandbox.JobResult, limits: Limits, timeout_s: float) -> str:
-    if result.timed_out:
-        return f"the notebook ran past its time limit of {timeout_s:.0f} s and was stopped"
-    if result.overflow:
-        return "the grading sandbox returned more output than allowed"
-    last = (result.stderr_tail.strip().splitlines() or [""])[-1][:200]
-    code = result.returncode
-    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-    return f"the grading sandbox ended without a result ({how}){': ' + last if last else ''}"
 
 
 def autograde(submissions_dir: Path, course_dir: Path = Path("course"),
@@ -297,14 +189,11 @@ def autograde(submissions_dir: Path, course_dir: Path = Path("course"),
 
     ``jobs`` submissions run at once (default: the number of cores), each in its own sandbox with
     ``limits`` (default: :class:`~course_lib.sandbox.Limits` with ``timeout`` seconds per cell).
-    Students already graded from the same file are skipped unless ``force``. Without
-    ``use_sandbox`` student code runs with your own rights: only for trusted submissions.
-    Raises :class:`~course_lib.sandbox.SandboxUnavailable` when the sandbox cannot start.
+    Students already graded from the same file are skipped unless ``force``; ``students`` limits
+    the run to some. ``log`` gets one line per submission as it is done. Without ``use_sandbox``
+    student code runs with your own rights: only for trusted submissions. Raises
+    :class:`~course_lib.sandbox.SandboxUnavailable` when the sandbox cannot start.
     """
-    import nbformat
-
-    from course_lib.grading_results import merge_executed, not_run, reference_guards, rubric_cells, with_rubrics
-
     submissions_dir, course_dir = Path(submissions_dir).resolve(), Path(course_dir).resolve()
     if not submissions_dir.is_dir():
         raise ValueError(f"no submissions folder at {submissions_dir}")
@@ -316,7 +205,8 @@ def autograde(submissions_dir: Path, course_dir: Path = Path("course"),
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     limits = limits or Limits(cell_timeout_s=int(timeout))
-    say = log or (lambda line: None)
+    everyone = sorted({p.name for p in submissions_dir.iterdir() if p.is_dir()} | set(_read_roster(roster)))
+    chosen_students = _select(everyone, students, "student")
     if use_sandbox:
         problem = sandbox.sandbox_problem(bwrap)
         if problem:
@@ -325,141 +215,10 @@ def autograde(submissions_dir: Path, course_dir: Path = Path("course"),
                 "your rights and could read or change the course files. Install bubblewrap on a "
                 "Linux machine with user namespaces, or pass --no-sandbox (use_sandbox=False) to "
                 "grade trusted submissions without it.")
-    work = course_dir / WORK_DIR
-    results_dir = work / "results"
-    api = make_api(course_dir, limits.cell_timeout_s, results_dir)
-    everyone = sorted({p.name for p in submissions_dir.iterdir() if p.is_dir()} | set(_read_roster(roster)))
-    chosen_students = _select(everyone, students, "student")
-    records = load_status(course_dir)
-    in_place = submissions_dir == (course_dir / "submitted")
-    with api.gradebook as gb:
-        for student in chosen_students:
-            gb.update_or_create_student(student)
-    runner = sandbox.Runner()
-    slots: list[int] = list(range(jobs))
-    slot_lock = threading.Lock()
-    package_dir = sandbox._package_dir()
-
-    def finish(lesson: str, student: str, status: str, sha: str | None) -> None:
-        records.setdefault(student, {})[lesson] = {"status": status, "sha256": sha}
-        _save_status(course_dir, records)
-        say(f"{student:20s} {lesson:28s} {status}")
-
-    def execute(job: _Job) -> sandbox.JobResult:
-        with slot_lock:
-            slot = slots.pop()
-        try:
-            home = work / "plain" / f"{job.student}-{job.lesson}" if not use_sandbox else None
-            env = None
-            if home is not None:
-                shutil.rmtree(home, ignore_errors=True)
-                home.mkdir(parents=True)
-                env = dict(os.environ, HOME=str(home))
-            kenv = sandbox.kernel_env(limits, str(home / "home") if home else sandbox.HOME)
-            request = json.dumps({
-                "notebook": job.sent, "cell_timeout": limits.cell_timeout_s,
-                "output_bytes": limits.output_bytes, "guards": job.guards,
-                "kernel_prefix": sandbox.kernel_prefix(limits, slot, use_sandbox), "kernel_env": kenv,
-                "python": sys.executable, "cwd": str(home / "home" / "work") if home else sandbox.WORKDIR,
-            }).encode()
-            cmd = sandbox.bwrap_command(limits, bwrap) if use_sandbox else sandbox.plain_command(limits)
-            code_cells = sum(c.cell_type == "code" for c in job.sent.cells)
-            return runner.run(cmd, request, limits.notebook_timeout_s(code_cells),
-                              len(request) + 2 * limits.output_bytes + 1_000_000, env=env)
-        finally:
-            with slot_lock:
-                slots.append(slot)
-
-    def record(job: _Job, result: sandbox.JobResult) -> None:
-        lesson, student = job.lesson, job.student
-        guard_lines = {gid: 1 for gid in job.guards}
-        notes: list[str] = []
-        if result.returncode == 0 and result.stdout:
-            try:
-                merged, notes = merge_executed(job.sent, result.stdout, guard_lines)
-            except ValueError as err:
-                merged, notes = not_run(job.sent, str(err)), [f"not run: {err}"]
-        else:
-            reason = _describe_failure(result, limits, limits.notebook_timeout_s(
-                sum(c.cell_type == "code" for c in job.sent.cells)))
-            merged, notes = not_run(job.sent, reason), [f"not run: {reason}"]
-        source = nbformat.read(str(course_dir / "source" / lesson / f"{lesson}.ipynb"), as_version=4)
-        merged = with_rubrics(merged, rubric_cells(source))
-        target = results_dir / student / f"{lesson}.ipynb"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(merged, str(target))
-        outcome = api.autograde(lesson, student, force=True, create=True)
-        target.unlink()
-        if not outcome.get("success"):
-            finish(lesson, student, "failed: autograde: " + (_last_lines(outcome, 1) or "unknown error")[:200], job.sha256)
-            return
-        extra = notes + (["tampered: " + "; ".join(job.tampered)] if job.tampered else [])
-        finish(lesson, student, "; ".join(["graded"] + extra), job.sha256)
-
-    try:
-        for lesson in chosen:
-            reference = course_dir / "release" / lesson / f"{lesson}.ipynb"
-            source = nbformat.read(str(course_dir / "source" / lesson / f"{lesson}.ipynb"), as_version=4)
-            pending: list[_Job] = []
-            for student in chosen_students:
-                src = submissions_dir / student / lesson / f"{lesson}.ipynb"
-                dest_dir = course_dir / "submitted" / student / lesson
-                if _is_link(src, submissions_dir / student):
-                    if not in_place:
-                        shutil.rmtree(dest_dir, ignore_errors=True)
-                    finish(lesson, student, "unreadable: the submission is a link to another file", None)
-                    continue
-                sha = _sha256(src) if src.is_file() else None
-                old = records.get(student, {}).get(lesson)
-                if (not force and old is not None and old.get("sha256") == sha
-                        and not old["status"].startswith("failed")):
-                    say(f"{student:20s} {lesson:28s} {old['status']} (already graded; --force regrades)")
-                    continue
-                if sha is None:
-                    if not in_place:
-                        shutil.rmtree(dest_dir, ignore_errors=True)
-                    finish(lesson, student, "missing", None)
-                    continue
-                try:
-                    problems = integrity_problems(src, reference)
-                except ValueError as err:
-                    if not in_place:
-                        shutil.rmtree(dest_dir, ignore_errors=True)
-                    finish(lesson, student, f"unreadable: {err}", sha)
-                    continue
-                if not in_place:
-                    shutil.rmtree(dest_dir, ignore_errors=True)
-                    dest_dir.mkdir(parents=True)
-                    shutil.copyfile(src, dest_dir / f"{lesson}.ipynb")
-                    if (src.parent / "timestamp.txt").is_file():
-                        shutil.copyfile(src.parent / "timestamp.txt", dest_dir / "timestamp.txt")
-                try:
-                    sent = _sanitized(api, lesson, student, dest_dir / f"{lesson}.ipynb")
-                except Exception as err:
-                    finish(lesson, student, f"failed: preparing the notebook: {type(err).__name__}: {str(err)[:150]}", sha)
-                    continue
-                pending.append(_Job(lesson, student, sha, sent, reference_guards(source, sent, package_dir), problems))
-            if not pending:
-                continue
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                futures = {pool.submit(execute, job): job for job in pending}
-                try:
-                    for future in as_completed(futures):
-                        job = futures[future]
-                        try:
-                            result = future.result()
-                        except Exception as err:  # the grader's own failure: retried next time
-                            finish(job.lesson, job.student, f"failed: {type(err).__name__}: {str(err)[:200]}", job.sha256)
-                            continue
-                        record(job, result)
-                except BaseException:
-                    runner.stop_all()
-                    for future in futures:
-                        future.cancel()
-                    raise
-    finally:
-        shutil.rmtree(work / "plain", ignore_errors=True)
-    return _statuses(records)
+    api = make_api(course_dir, limits.cell_timeout_s, course_dir / WORK_DIR / "results")
+    batch = Batch(api, submissions_dir, chosen, chosen_students, limits, jobs, force, use_sandbox,
+                  bwrap, log or (lambda line: None))
+    return statuses(batch.run())
 
 
 # -- export and feedback -------------------------------------------------------------------------
@@ -472,7 +231,7 @@ def export_grades(course_dir: Path = Path("course"), to: Path | None = None) -> 
 
     course_dir = Path(course_dir).resolve()
     to = Path(to) if to is not None else course_dir / "grades.csv"
-    status = _statuses(load_status(course_dir))
+    status = statuses(load_status(course_dir))
     api = make_api(course_dir)
     rows = []
     with api.gradebook as gb:
@@ -535,7 +294,7 @@ def generate_feedback(course_dir: Path = Path("course"),
     course_dir = Path(course_dir).resolve()
     if not (course_dir / STATUS_FILE).exists():
         raise ValueError(f"nothing autograded in {course_dir}; run the autograde command first")
-    status = _statuses(load_status(course_dir))
+    status = statuses(load_status(course_dir))
     all_lessons = sorted({lesson for s in status.values() for lesson in s})
     chosen = _select(all_lessons, lessons)
     api = make_api(course_dir)

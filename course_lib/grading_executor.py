@@ -6,7 +6,7 @@ must not import ``course_lib`` (and PyTorch with it). It reads one JSON request 
     {"notebook": {...}, "cell_timeout": 120, "output_bytes": 8388608,
      "guards": {"<grade_id>": "<one line of code run before that test cell>"},
      "kernel_prefix": ["setpriv", ..., "prlimit", ..., "--"], "kernel_env": {...},
-     "python": "/path/to/python", "cwd": "/home/student/work"}
+     "python": "/path/to/python", "cwd": "/home/student/work", "sandboxed": true}
 
 executes the notebook with nbclient and the settings of nbgrader's ``Execute`` preprocessor (the same
 per-cell timeout and error handling as ``nbgrader autograde``; nbgrader itself is not imported here,
@@ -218,7 +218,8 @@ def main() -> int:
         kernel_name="grading", startup_timeout=120, shutdown_kernel="immediate",
         resources={"metadata": {"path": cwd}})
     try:
-        client.execute()
+        # In the sandbox the kernel dies with it: no shutdown handshake to wait for.
+        client.execute(cleanup_kc=not request.get("sandboxed", False))
     except Exception as err:  # the kernel did not start, or nbclient failed: say so
         traceback.print_exc(file=log)
         log.flush()
@@ -229,7 +230,7 @@ def main() -> int:
                 cell.outputs = [_error(NOT_RUN, f"not run: {client.stopped}")]
     json.dump({"notebook": nb, "notes": client.notes}, channel)
     channel.flush()
-    return 0
+    os._exit(0)  # no interpreter teardown (zmq, asyncio): the result is written
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ class JobResult:
     seconds: float
 
 
-def _package_dir() -> Path:
+def package_dir() -> Path:
+    """The folder of the course_lib package that this grader imports (bound into the sandbox)."""
     spec = importlib.util.find_spec("course_lib")
     if spec is None or spec.origin is None:
         raise RuntimeError("course_lib is not importable")
@@ -146,7 +147,7 @@ def bwrap_command(limits: Limits, bwrap: str = "bwrap") -> list[str]:
             _bind_ro(args, Path(f), made)
     for d in _python_dirs():
         _bind_ro(args, d, made)
-    _bind_ro(args, _package_dir(), made)
+    _bind_ro(args, package_dir(), made)
     args += ["--dev", "/dev", "--proc", "/proc"]
     size = str(limits.disk_bytes)
     args += ["--size", size, "--perms", "1777", "--tmpfs", "/tmp",
@@ -187,7 +188,7 @@ def kernel_env(limits: Limits, home: str = HOME) -> dict[str, str]:
     threads = str(limits.threads)
     return {
         "HOME": home, "USER": "student", "LOGNAME": "student", "LANG": "C.UTF-8",
-        "PYTHONPATH": str(_package_dir().parent), "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": str(package_dir().parent), "PYTHONDONTWRITEBYTECODE": "1",
         "MPLCONFIGDIR": f"{home}/.config/matplotlib", "IPYTHONDIR": f"{home}/.ipython",
         "JUPYTER_CONFIG_DIR": f"{home}/.jupyter", "JUPYTER_DATA_DIR": f"{home}/.local/share/jupyter",
         "XDG_CACHE_HOME": f"{home}/.cache", "XDG_CONFIG_HOME": f"{home}/.config",

@@ -196,7 +196,7 @@ def test_lesson_names_and_options_are_accepted_anywhere_on_the_command_line():
         grading.parse_args(["autograde", "SUBS", "--no-such-option"])
 
 
-def test_nbgrader_config_at_the_root_finds_course_with_the_course_settings():
+def test_nbgrader_config_at_the_root_finds_course_with_the_course_settings(monkeypatch):
     from traitlets.config.loader import PyFileConfigLoader
 
     cfg = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
@@ -207,6 +207,11 @@ def test_nbgrader_config_at_the_root_finds_course_with_the_course_settings():
     # nbgrader's own autograde (Formgrader's button) must not run student code outside the sandbox
     assert cfg.Autograde.autograde_preprocessors[0] == "course_lib.grading_results.RefuseUnsandboxed"
     assert list(cfg.Autograde.autograde_preprocessors[1:]) == list(ours.Autograde.autograde_preprocessors[1:])
+    assert "db_url" not in cfg.CourseDirectory, "the gradebook is course/gradebook.db by default"
+    monkeypatch.setenv(grading.GRADEBOOK_URL_VAR, "postgresql://grader@db/course")
+    shared = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    assert shared.CourseDirectory.db_url == grading.nbgrader_config(ROOT / "course").CourseDirectory.db_url \
+        == "postgresql://grader@db/course"
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on PATH")
