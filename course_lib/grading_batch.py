@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -240,7 +239,7 @@ class Batch:
                 "notebook": job.sent, "cell_timeout": limits.cell_timeout_s,
                 "output_bytes": limits.output_bytes, "guards": job.guards,
                 "kernel_prefix": sandbox.kernel_prefix(limits, slot, self.use_sandbox),
-                "kernel_env": sandbox.kernel_env(limits, kernel_home), "python": sys.executable,
+                "kernel_env": sandbox.kernel_env(limits, kernel_home), "python": sandbox.python_path(),
                 "cwd": kernel_home + "/work", "sandboxed": self.use_sandbox,
             }).encode()
             cmd = sandbox.bwrap_command(limits, self.bwrap) if self.use_sandbox else sandbox.plain_command(limits)
@@ -258,6 +257,10 @@ class Batch:
                 merged, notes = merge_executed(job.sent, result.stdout, guard_lines)
             except ValueError as err:
                 merged, notes = not_run(job.sent, str(err)), [f"not run: {err}"]
+        elif not result.started:  # nothing of the student's ran: the grader's failure, retried
+            self.finish(job.lesson, job.student, "failed: the kernel did not start: "
+                        + self.describe_failure(result, job), job.sha256)
+            return
         else:
             reason = self.describe_failure(result, job)
             merged, notes = not_run(job.sent, reason), [f"not run: {reason}"]

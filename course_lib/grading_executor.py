@@ -35,6 +35,8 @@ import sys
 import traceback
 
 NOT_RUN = "NotRun"
+#: Written on stderr once the kernel is up: a failure before it is the grader's, not the student's.
+STARTED = "grading-executor: kernel started"
 OUTPUT_TYPES = {"stream", "display_data", "execute_result", "error", "update_display_data"}
 
 
@@ -217,6 +219,11 @@ def main() -> int:
         nb, request["output_bytes"], request.get("guards", {}), timeout=int(request["cell_timeout"]),
         kernel_name="grading", startup_timeout=120, shutdown_kernel="immediate",
         resources={"metadata": {"path": cwd}})
+    def started(**kwargs) -> None:
+        log.write(STARTED + "\n")
+        log.flush()
+
+    client.on_notebook_start = started
     try:
         # In the sandbox the kernel dies with it: no shutdown handshake to wait for.
         client.execute(cleanup_kc=not request.get("sandboxed", False))

@@ -49,6 +49,8 @@ SANDBOX_UID_BASE = 2_000_000_000
 HOME = "/home/student"
 WORKDIR = f"{HOME}/work"
 EXECUTOR = Path(__file__).with_name("grading_executor.py")
+#: What the executor writes on its standard error once the kernel is up (grading_executor.STARTED).
+STARTED = "grading-executor: kernel started"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/fonts",
               "/etc/localtime", "/etc/alternatives", "/etc/mime.types")
@@ -91,6 +93,7 @@ class JobResult:
     timed_out: bool
     overflow: bool
     seconds: float
+    started: bool = False  #: the executor said the kernel was up (student code may have run)
 
 
 def package_dir() -> Path:
@@ -99,6 +102,13 @@ def package_dir() -> Path:
     if spec is None or spec.origin is None:
         raise RuntimeError("course_lib is not importable")
     return Path(spec.origin).resolve().parent
+
+
+def python_path() -> str:
+    """This environment's interpreter by a path that exists in the sandbox: its folder resolved
+    (a ``.venv`` that is a link to another environment), not the interpreter itself (a venv's
+    ``python`` is a link to the base interpreter, which would leave the venv)."""
+    return str(Path(sys.executable).parent.resolve() / Path(sys.executable).name)
 
 
 def _python_dirs() -> list[Path]:
@@ -142,27 +152,28 @@ def bwrap_command(limits: Limits, bwrap: str = "bwrap") -> list[str]:
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
         made.add(d)
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    size = str(limits.disk_bytes)
+    for mount, perms, bytes_ in (("/tmp", "1777", size), ("/dev/shm", "1777", size),
+                                 (HOME, "1777", size), ("/run/grader", "0755", str(16 * _MB))):
+        args += ["--size", bytes_, "--perms", perms, "--tmpfs", mount]
+        made.add(mount)
+    # After the tmpfs mounts, so that an environment or checkout under /tmp stays visible.
     for f in _ETC_FILES:
         if os.path.exists(f):
             _bind_ro(args, Path(f), made)
     for d in _python_dirs():
         _bind_ro(args, d, made)
     _bind_ro(args, package_dir(), made)
-    args += ["--dev", "/dev", "--proc", "/proc"]
-    size = str(limits.disk_bytes)
-    args += ["--size", size, "--perms", "1777", "--tmpfs", "/tmp",
-             "--size", size, "--perms", "1777", "--tmpfs", "/dev/shm",
-             "--size", size, "--perms", "1777", "--tmpfs", HOME,
-             "--size", str(16 * _MB), "--perms", "0755", "--tmpfs", "/run/grader",
-             "--remount-ro", "/", "--clearenv",
-             "--setenv", "PATH", f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+    args += ["--remount-ro", "/", "--clearenv",
+             "--setenv", "PATH", f"{Path(python_path()).parent}:/usr/local/bin:/usr/bin:/bin",
              "--setenv", "HOME", "/run/grader", "--setenv", "LANG", "C.UTF-8",
              "--setenv", "TMPDIR", "/tmp", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
              "--chdir", "/run/grader"]
     if running_as_root():
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_KILL"]
     args += ["prlimit", f"--data={limits.memory_bytes}", "--core=0", "--",
-             sys.executable, "-I", str(EXECUTOR)]
+             python_path(), "-I", str(EXECUTOR)]
     return args
 
 
@@ -201,25 +212,28 @@ def kernel_env(limits: Limits, home: str = HOME) -> dict[str, str]:
 def plain_command(limits: Limits) -> list[str]:
     """The executor without a sandbox (``--no-sandbox``): same protocol, the instructor's rights."""
     prefix = ["prlimit", f"--data={limits.memory_bytes}", "--core=0", "--"] if shutil.which("prlimit") else []
-    return prefix + [sys.executable, "-I", str(EXECUTOR)]
+    return prefix + [python_path(), "-I", str(EXECUTOR)]
 
 
 def sandbox_problem(bwrap: str = "bwrap") -> str | None:
-    """Why the sandbox cannot start here, or None when it can (runs ``true`` in one)."""
+    """Why the sandbox cannot run a kernel here, or None when it can: starts one sandbox and, in
+    it, this environment's Python as the kernel would run (its user, its limits)."""
     path = shutil.which(bwrap)
     if path is None:
         return f"'{bwrap}' was not found (install bubblewrap: apt-get install bubblewrap)"
     for tool in ("prlimit", "setpriv") if running_as_root() else ("prlimit",):
         if shutil.which(tool) is None:
             return f"'{tool}' was not found (it comes with util-linux)"
-    cmd = bwrap_command(Limits(), path)
-    cut = cmd.index("prlimit")
+    limits = Limits()
+    cmd = bwrap_command(limits, path)
+    cmd = cmd[:cmd.index("prlimit")] + kernel_prefix(limits, 0) + [
+        python_path(), "-I", "-c", "import ipykernel"]
     try:
-        probe = subprocess.run(cmd[:cut] + ["true"], capture_output=True, timeout=30)
+        probe = subprocess.run(cmd, capture_output=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bubblewrap did not run: {err}"
     if probe.returncode != 0:
-        return "bubblewrap could not create its sandbox: " + (
+        return "a kernel cannot start in the sandbox: " + (
             probe.stderr.decode(errors="replace").strip()[-300:] or f"exit code {probe.returncode}")
     return None
 
@@ -245,7 +259,7 @@ class Runner:
             self._procs.add(proc)
         out: list[bytes] = []
         err: list[bytes] = []
-        flags = {"overflow": False}
+        flags = {"overflow": False, "started": False}
 
         def feed() -> None:
             try:
@@ -266,6 +280,7 @@ class Runner:
 
         def drain_err() -> None:
             for chunk in iter(lambda: proc.stderr.read(65536), b""):
+                flags["started"] = flags["started"] or STARTED.encode() in chunk
                 err.append(chunk)
                 if len(err) > 4:
                     del err[0]
@@ -287,7 +302,7 @@ class Runner:
                 self._procs.discard(proc)
         tail = b"".join(err)[-4000:].decode(errors="replace")
         return JobResult(proc.returncode, b"".join(out), tail, timed_out, flags["overflow"],
-                         time.monotonic() - start)
+                         time.monotonic() - start, flags["started"])
 
     def stop_all(self) -> None:
         """Kill every running job (their sandboxes die with them)."""

@@ -340,3 +340,15 @@ def test_one_students_feedback_failure_is_reported_and_the_others_get_theirs(res
     assert sorted(p.parent.parent.name for p in report.pages) == ["ann", "cat"]
     assert grading.main(["--course", str(course), "feedback"]) == 1
     assert f"no feedback for ben/{PROBE}" in capsys.readouterr().err
+
+
+def test_a_grader_failure_before_student_code_runs_is_retried_not_scored(tmp_path, monkeypatch):
+    course, released = make_probe_course(tmp_path)
+    submit(released, tmp_path / "subs", "alice")
+    monkeypatch.setattr(sandbox, "plain_command", lambda limits: ["false"])  # the executor never starts
+    status = grading.autograde(tmp_path / "subs", course, jobs=1, use_sandbox=False)
+    assert status["alice"][PROBE].startswith("failed: the kernel did not start")
+    assert not (course / "autograded" / "alice").exists(), "no zero was recorded in the gradebook"
+    import course_lib.grading_executor as executor
+
+    assert executor.STARTED == sandbox.STARTED, "the grader listens for what the executor says"
