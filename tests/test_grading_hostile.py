@@ -2,7 +2,14 @@
 instructor's files or the machine, and the batch must not care.
 
 Two honest students are graded alone first (the baseline), then again among the hostile ones, all
-in sandboxes with small limits, two at a time. Afterwards: the honest students have exactly their
+in sandboxes with small limits, three at a time. The attacks (:func:`attacks`): kill the grader and
+every process in sight, read the instructor's source, the gradebook and other files and print
+them, overwrite or delete every file above the working folder and the course's own files, open
+network connections (one to a port this test listens on), fill the disk, allocate memory past the
+limit, fork without end, print without end, exit the kernel, loop, sleep forever ignoring the
+interrupt, rebind or patch the course function a test compares against, print the hidden tests
+while they run, and submit a link to another student's notebook. Several go in one submission
+where the kernel survives the first. Afterwards: the honest students have exactly their
 baseline scores, each hostile student scores zero on the part it attacked (and full marks on its
 honest part when the kernel survived) with the reason in its feedback, the released and source
 notebooks, the lessons, the other submissions and the gradebook are intact, nothing of the
@@ -34,21 +41,29 @@ WRONG_1 = ("def n_params(n_in, n_out, depth, width):\n"       # passes the visib
 HONEST = {"alice": (STUDENT_1, SOLUTION_2), "bob": (WRONG_1, SOLUTION_2)}
 
 
-def hostile_sources(paths: dict[str, str], port: int) -> dict[str, dict]:
-    """``{student: {"sol1": code, "expect": (part 1, part 2), "reason": text in feedback}}``."""
+def attacks(paths: dict[str, str], port: int) -> dict[str, str]:
+    """The code of each attack (it replaces a solution cell)."""
     targets = repr(sorted(paths.values()))
     return {
-        "kill_parent": dict(sol1=(
+        "kill_parent": (
             "import os, signal\n"
             "for pid in [os.getppid()] + [int(p) for p in os.listdir('/proc') if p.isdigit()]:\n"
             "    if pid != os.getpid():\n"
             "        try:\n"
             "            os.kill(pid, signal.SIGKILL)\n"
             "        except OSError as err:\n"
-            "            print('kill', pid, type(err).__name__)\n"), expect=(0, 2), reason="PermissionError"),
-        "overwrite": dict(sol1=(
+            "            print('kill', pid, type(err).__name__)\n"),
+        "read_source": (
+            "import glob\n"
+            f"for t in {targets} + ['/proc/1/environ', '/etc/shadow', '/root']:\n"
+            "    for p in [t] + glob.glob(t + '/**/*', recursive=True):\n"
+            "        try:\n"
+            "            print(open(p, errors='replace').read())\n"
+            "        except OSError as err:\n"
+            "            print(type(err).__name__, p)\n"),
+        "overwrite": (
             "import glob, os, shutil\n"
-            f"targets = {targets}\n"
+            f"targets, refused = {targets}, set()\n"
             "here, above = os.getcwd(), []\n"
             "while here != '/':\n"
             "    here = os.path.dirname(here)\n"
@@ -59,59 +74,69 @@ def hostile_sources(paths: dict[str, str], port: int) -> dict[str, dict]:
             "            try:\n"
             "                attack(p)\n"
             "            except OSError as err:\n"
-            "                pass\n"
-            "print('attack done')\n"), expect=(0, 2), reason="NameError"),
-        "read_source": dict(sol1=(
-            "import glob\n"
-            f"for t in {targets} + ['/proc/1/environ', '/etc/shadow', '/root']:\n"
-            "    for p in [t] + glob.glob(t + '/**/*', recursive=True):\n"
-            "        try:\n"
-            "            print(open(p, errors='replace').read())\n"
-            "        except OSError as err:\n"
-            "            print(type(err).__name__, p)\n"), expect=(0, 2), reason="FileNotFoundError"),
-        "leak_tests": dict(sol2=SOLUTION_2.replace(
-            "    values =", "    print(get_ipython().user_ns['In'][-1])  # the test cell being run\n    values ="),
-            sol1=STUDENT_1, expect=(1, 2), reason="it quotes a hidden test"),
-        "memory": dict(sol1=(
-            "def grab():\n"
-            "    chunks = []\n"
-            "    while True:\n"
-            "        chunks.append(bytearray(64 * 2**20))\n"
-            "grab()\n"), expect=(0, 2), reason="MemoryError"),
-        "fork": dict(sol1=(
-            "import os, time\n"
-            "while True:\n"
-            "    if os.fork() == 0:\n"
-            "        time.sleep(600)\n"
-            "        os._exit(0)\n"), expect=(0, 2), reason="BlockingIOError"),
-        "print_forever": dict(sol1="while True:\n    print('spam ' * 200)\n", expect=(0, 2), reason="output cut"),
-        "exit_kernel": dict(sol1="import os\nos._exit(3)\n", expect=(0, 0), reason="the kernel died"),
-        "loop_forever": dict(sol1="while True:\n    pass\n", expect=(0, 2), reason="CellTimeoutError"),
-        "sleep_forever": dict(sol1=(
-            "import signal, time\n"
-            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-            "time.sleep(10**6)\n"), expect=(0, 0), reason="did not stop"),
-        "network": dict(sol1=(
+            "                refused.add(err.strerror)\n"
+            "print('refused:', sorted(refused))\n"),
+        "network": (
             "import socket\n"
             "for host in ['127.0.0.1', '1.1.1.1']:\n"
             "    try:\n"
             f"        socket.create_connection((host, {port}), timeout=3).sendall(b'pwned')\n"
             "        print('connected to', host)\n"
             "    except OSError as err:\n"
-            "        print(host, type(err).__name__, err)\n"
-            "raise RuntimeError('no network')\n"), expect=(0, 2), reason="no network"),
-        "fill_disk": dict(sol1=(
+            "        print(host, type(err).__name__, err)\n"),
+        "fill_disk": (
             "with open('fill.bin', 'wb') as fh:\n"
             "    while True:\n"
-            "        fh.write(b'0' * 2**20)\n"), expect=(0, 2), reason="No space left on device"),
-        "shadow": dict(sol1="def n_params(*args):\n    return 0\n\ncount_parameters = lambda model: 0\n",
-                       expect=(0, 2), reason="no longer the course's own"),
-        "patch": dict(sol1=("import course_lib.models\n"
-                            "course_lib.models.count_parameters = lambda model: 0\n"
-                            "from course_lib.models import count_parameters\n"
-                            "def n_params(*args):\n    return 0\n"),
-                      expect=(0, 2), reason="no longer the course's own"),
-        "symlink": dict(link_to="alice", expect=(0, 0), reason="link"),
+            "        fh.write(b'0' * 2**20)\n"),
+        "memory": (
+            "def grab():\n"
+            "    chunks = []\n"
+            "    while True:\n"
+            "        chunks.append(bytearray(64 * 2**20))\n"
+            "grab()\n"),
+        "fork": (
+            "import os, time\n"
+            "while True:\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(600)\n"
+            "        os._exit(0)\n"),
+        "print_forever": "while True:\n    print('spam ' * 200)\n",
+        "exit_kernel": "import os\nos._exit(3)\n",
+        "loop_forever": "while True:\n    pass\n",
+        "sleep_forever": ("import signal, time\n"
+                          "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                          "time.sleep(10**6)\n"),
+        "shadow": "def n_params(*args):\n    return 0\n\ncount_parameters = lambda model: 0\n",
+        "patch_setup": ("import course_lib.models\n"   # in the (editable) import cell
+                        "course_lib.models.count_parameters = lambda model: 0\n"
+                        "from course_lib.models import count_parameters, mlp\n"),
+        "leak_tests": SOLUTION_2.replace(
+            "    values =", "    print(get_ipython().user_ns['In'][-1])  # the test cell being run\n    values ="),
+    }
+
+
+def hostile_class_spec(paths: dict[str, str], port: int) -> dict[str, dict]:
+    """``{student: {"sol1", "sol2", "setup": code, "expect": (part 1, part 2), "reasons": texts
+    that feedback or status must show}}``; a student whose kernel survives keeps an honest part."""
+    a = attacks(paths, port)
+    return {
+        "burglar": dict(sol1=a["kill_parent"], sol2=a["read_source"], expect=(0, 0),
+                        reasons=("PermissionError", "FileNotFoundError")),
+        "vandal": dict(sol1=a["overwrite"], sol2=a["network"], expect=(0, 0),
+                       reasons=("refused:", "Network is unreachable")),
+        "hog": dict(sol1=a["fill_disk"], sol2=a["memory"], expect=(0, 0),
+                    reasons=("No space left on device", "MemoryError")),
+        "forker": dict(sol1=a["fork"], expect=(0, 2), reasons=("Resource temporarily unavailable",)),
+        "printer": dict(sol1=a["print_forever"], expect=(0, 2), reasons=("output cut",)),
+        "exiter": dict(sol1=a["exit_kernel"], expect=(0, 0), reasons=("the kernel died",)),
+        "looper": dict(sol1=a["loop_forever"], expect=(0, 2), reasons=("CellTimeoutError",)),
+        "sleeper": dict(sol1=a["sleep_forever"], expect=(0, 0), reasons=("did not stop",)),
+        "shadow": dict(sol1=a["shadow"], expect=(0, 2), reasons=("no longer the course's own",)),
+        "patcher": dict(setup=a["patch_setup"], sol1=a["shadow"].split("\n\n")[0] + "\n", expect=(0, 2),
+                        reasons=("no longer the course's own",)),
+        "leaker": dict(sol1=STUDENT_1, sol2=a["leak_tests"], expect=(1, 2),
+                       reasons=("it quotes a hidden test",)),
+        "linker": dict(link_to="alice", expect=(0, 0), reasons=("a link to another file",)),
     }
 
 
@@ -143,14 +168,15 @@ def hostile_class(tmp_path_factory):
     listener.setblocking(False)
     paths = {"course": str(course), "submissions": str(subs), "notebooks": str(tmp / "notebooks"),
              "gradebook": str(course / "gradebook.db"), "alice": str(subs / "alice")}
-    hostile = hostile_sources(paths, listener.getsockname()[1])
+    hostile = hostile_class_spec(paths, listener.getsockname()[1])
     for student, spec in hostile.items():
         if "link_to" in spec:
             target = subs / spec["link_to"] / PROBE / f"{PROBE}.ipynb"
             (subs / student / PROBE).mkdir(parents=True)
             (subs / student / PROBE / f"{PROBE}.ipynb").symlink_to(target)
         else:
-            submit(released, subs, student, spec.get("sol1", STUDENT_1), spec.get("sol2", SOLUTION_2))
+            submit(released, subs, student, spec.get("sol1", STUDENT_1), spec.get("sol2", SOLUTION_2),
+                   setup=spec.get("setup"))
     before = {name: _digest(course / name) for name in ("release", "source")}
     before["notebooks"] = _digest(tmp / "notebooks")
     before["subs"] = _digest(subs)
@@ -175,7 +201,7 @@ def test_honest_students_are_graded_exactly_as_without_the_hostile_ones(hostile_
     assert hostile_class["scores"][("alice", "total")] == 3 and hostile_class["scores"][("bob", "total")] == 2
 
 
-@pytest.mark.parametrize("student", sorted(hostile_sources({}, 0)))
+@pytest.mark.parametrize("student", sorted(hostile_class_spec({}, 0)))
 def test_hostile_student_scores_zero_on_the_attacked_part_with_a_reason(hostile_class, student):
     spec = hostile_class["hostile"][student]
     scores = hostile_class["scores"]
@@ -183,8 +209,9 @@ def test_hostile_student_scores_zero_on_the_attacked_part_with_a_reason(hostile_
     status = hostile_class["status"][student][PROBE]
     page = hostile_class["course"] / "feedback" / student / PROBE / f"{PROBE}.html"
     assert page.exists(), f"no feedback for {student}: {status}"
-    shown = page.read_text() + status
-    assert spec["reason"] in shown, f"{student}: the reason '{spec['reason']}' is not shown ({status})"
+    shown = html.unescape(page.read_text()) + status
+    for reason in spec["reasons"]:
+        assert reason in shown, f"{student}: the reason '{reason}' is not shown ({status})"
 
 
 def test_course_files_and_other_submissions_are_intact(hostile_class):

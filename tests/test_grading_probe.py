@@ -115,7 +115,7 @@ def submit(released: Path, folder: Path, student: str, sol1: str | None = STUDEN
             cell.source = sol2
         elif gid == "p-3-answer" and answer is not None:
             cell.source = answer
-        elif cell.cell_type == "code" and cell.source == SETUP.rstrip("\n") and setup is not None:
+        elif cell.cell_type == "code" and cell.source.strip() == SETUP.strip() and setup is not None:
             cell.source = setup
     path = folder / student / PROBE / f"{PROBE}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,3 +174,10 @@ def test_hidden_failure_shows_message_and_points_not_code():
     assert "for _args" not in shown and "n_params(*_args)" not in shown
     assert nb.cells[1].outputs[0].text.endswith("\nok\n") and "for _args" not in nb.cells[1].outputs[0].text
     assert rubric_cells(nb)["p-3-answer"].metadata["tags"] == ["grader-only"]
+
+
+def test_submit_writes_the_answers_and_the_import_cell(tmp_path):
+    _, released = make_probe_course(tmp_path)
+    path = submit(released, tmp_path / "subs", "x", sol1="A = 1", sol2="B = 2", answer="C", setup="D = 4")
+    sources = [c.source for c in nbformat.read(str(path), as_version=4).cells]
+    assert {"A = 1", "B = 2", "C", "D = 4"} <= set(sources) and SETUP.strip() not in sources
