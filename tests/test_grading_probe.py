@@ -181,3 +181,39 @@ def test_submit_writes_the_answers_and_the_import_cell(tmp_path):
     path = submit(released, tmp_path / "subs", "x", sol1="A = 1", sol2="B = 2", answer="C", setup="D = 4")
     sources = [c.source for c in nbformat.read(str(path), as_version=4).cells]
     assert {"A = 1", "B = 2", "C", "D = 4"} <= set(sources) and SETUP.strip() not in sources
+
+
+def test_what_comes_back_from_the_sandbox_is_validated_before_it_is_recorded():
+    import copy
+    import json
+
+    from course_lib.grading_results import merge_executed
+
+    sent = probe_notebook()
+
+    def payload(nb) -> bytes:
+        return json.dumps({"notebook": nb, "notes": ["a note"]}).encode()
+
+    returned = copy.deepcopy(sent)
+    returned.cells[1].outputs = [nbformat.v4.new_output(
+        "display_data", data={"text/html": "<script>steal()</script><b>bold</b>",
+                              "application/javascript": "steal()", "text/plain": "ok"})]
+    merged, notes = merge_executed(sent, payload(returned))
+    out = merged.cells[1].outputs[0]
+    assert notes == ["a note"] and out.data["text/plain"] == "ok"
+    assert "application/javascript" not in out.data and "<script>" not in out.data["text/html"]
+    assert merged.cells[4].source == sent.cells[4].source, "sources are the grader's, not the sandbox's"
+    forged = copy.deepcopy(sent)
+    forged.cells[4].source = "pass  # the tests, rewritten"
+    with pytest.raises(ValueError, match="cell 4 came back changed"):
+        merge_executed(sent, payload(forged))
+    fewer = copy.deepcopy(sent)
+    fewer.cells = fewer.cells[:3]
+    with pytest.raises(ValueError, match="other cells"):
+        merge_executed(sent, payload(fewer))
+    bogus = copy.deepcopy(sent)
+    bogus.cells[1].outputs = [{"output_type": "bogus"}]
+    with pytest.raises(ValueError, match="not valid"):
+        merge_executed(sent, payload(bogus))
+    with pytest.raises(ValueError, match="no readable notebook"):
+        merge_executed(sent, b"{ not json")
