@@ -206,6 +206,9 @@ def autograde(submissions_dir: Path, course_dir: Path = Path("course"),
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     limits = limits or Limits(cell_timeout_s=int(timeout))
     everyone = sorted({p.name for p in submissions_dir.iterdir() if p.is_dir()} | set(_read_roster(roster)))
+    odd = [s for s in everyone if s in (".", "..") or "/" in s or s.startswith("-")]
+    if odd:
+        raise ValueError(f"student ids must be plain folder names, got {odd}")
     chosen_students = _select(everyone, students, "student")
     if use_sandbox:
         problem = sandbox.sandbox_problem(bwrap)

@@ -110,6 +110,7 @@ class Batch:
         self.slots = list(range(jobs))
         self.slot_lock = threading.Lock()
         self.package_dir = sandbox.package_dir()
+        self._sanitizers: list | None = None  # nbgrader's sanitizing preprocessors, made once
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> Records:
@@ -211,16 +212,18 @@ class Batch:
 
     def sanitized(self, lesson: str, student: str, path: Path) -> nbformat.NotebookNode:
         """The submission as ``nbgrader autograde`` would execute it (its own preprocessors)."""
-        from nbgrader.converters import Autograde
-        from traitlets.utils.importstring import import_item
+        if self._sanitizers is None:
+            from nbgrader.converters import Autograde
+            from traitlets.utils.importstring import import_item
 
+            self._sanitizers = [(import_item(pp) if isinstance(pp, str) else pp)(parent=self.api)
+                                for pp in Autograde(coursedir=self.api.coursedir, parent=self.api).sanitize_preprocessors]
         nb = read_notebook(path)
         resources = {"unique_key": lesson, "output_files_dir": f"{lesson}_files",
                      "nbgrader": {"student": student, "assignment": lesson, "notebook": lesson,
                                   "db_url": self.api.coursedir.db_url}}
-        for pp in Autograde(coursedir=self.api.coursedir, parent=self.api).sanitize_preprocessors:
-            cls = import_item(pp) if isinstance(pp, str) else pp
-            nb, resources = cls(parent=self.api)(nb, resources)
+        for preprocessor in self._sanitizers:
+            nb, resources = preprocessor(nb, resources)
         return nb
 
     # -- during: a worker thread waits for one sandbox ----------------------------------------------

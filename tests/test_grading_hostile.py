@@ -120,8 +120,11 @@ def hostile_class_spec(paths: dict[str, str], port: int) -> dict[str, dict]:
     that feedback or status must show}}``; a student whose kernel survives keeps an honest part."""
     a = attacks(paths, port)
     return {
+        # As root the kernel has its own user and cannot signal the grader's executor; as an
+        # ordinary user it can stop its own grading (and scores zero saying so), nothing more.
         "burglar": dict(sol1=a["kill_parent"], sol2=a["read_source"], expect=(0, 0),
-                        reasons=("PermissionError", "FileNotFoundError")),
+                        reasons=("PermissionError", "FileNotFoundError") if sandbox.running_as_root()
+                        else ("ended without a result",)),
         "vandal": dict(sol1=a["overwrite"], sol2=a["network"], expect=(0, 0),
                        reasons=("refused:", "Network is unreachable")),
         "hog": dict(sol1=a["fill_disk"], sol2=a["memory"], expect=(0, 0),

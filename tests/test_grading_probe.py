@@ -9,6 +9,9 @@ the Formgrader browser test use it.
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -91,14 +94,23 @@ def probe_notebook() -> nbformat.NotebookNode:
     return nb
 
 
+_RELEASED_ONCE: list[Path] = []  # nbgrader's release takes seconds: made once, then copied
+
+
 def make_probe_course(tmp: Path) -> tuple[Path, Path]:
-    """Write the probe source into ``tmp/notebooks``, release it into ``tmp/course``; return
-    (course folder, released notebook)."""
-    notebooks = tmp / "notebooks"
-    notebooks.mkdir(parents=True, exist_ok=True)
-    nbformat.write(probe_notebook(), str(notebooks / f"{PROBE}.ipynb"))
-    released = grading.release(notebooks, tmp / "course", None, [PROBE])[0]
-    return tmp / "course", released
+    """``tmp/notebooks`` with the probe source and ``tmp/course`` with it released (nbgrader's
+    ``generate_assignment``, run once per test session and copied); return (course folder,
+    released notebook)."""
+    if not _RELEASED_ONCE:
+        first = Path(tempfile.mkdtemp(prefix="probe-release-"))
+        atexit.register(shutil.rmtree, first, True)
+        (first / "notebooks").mkdir()
+        nbformat.write(probe_notebook(), str(first / "notebooks" / f"{PROBE}.ipynb"))
+        grading.release(first / "notebooks", first / "course", None, [PROBE])
+        _RELEASED_ONCE.append(first)
+    for name in ("notebooks", "course"):
+        shutil.copytree(_RELEASED_ONCE[0] / name, tmp / name)
+    return tmp / "course", tmp / "course" / "release" / PROBE / f"{PROBE}.ipynb"
 
 
 def submit(released: Path, folder: Path, student: str, sol1: str | None = STUDENT_1,
