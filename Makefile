@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GRADE  := $(BIN)/python -m course_lib.grading
 LESSONS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: setup lab test student release autograde grades feedback clean
+.PHONY: setup lab test student release autograde grades feedback clean FORCE
 
 setup: $(STAMP)
 
@@ -19,9 +19,14 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 # The learner's copy: every lesson with its exercise solutions replaced by stubs (nbgrader).
-student/.built: $(STAMP) $(LESSONS)
+# Rebuilt when a lesson changed or a released notebook is gone (course/ or student/ deleted).
+LESSON_IDS := $(basename $(notdir $(LESSONS)))
+RELEASED   := $(foreach l,$(LESSON_IDS),course/release/$(l)/$(l).ipynb student/$(l).ipynb)
+student/.built: $(STAMP) $(LESSONS) $(if $(filter-out $(wildcard $(RELEASED)),$(RELEASED)),FORCE)
 	$(GRADE) release
 	@touch $@
+
+FORCE:
 
 student: student/.built
 
@@ -32,17 +37,18 @@ test: setup
 	$(BIN)/python -m pytest
 
 # --- For instructors (see README) -------------------------------------------------------------
+# ARGS passes more to the grader: lesson names, --force, --student ID, --timeout S, --no-sandbox...
 release: student
 
 autograde: setup
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=path/to/submitted [ROSTER=roster.csv]"; exit 2; }
-	$(GRADE) autograde "$(SUBMISSIONS)" $(if $(ROSTER),--roster "$(ROSTER)")
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make autograde SUBMISSIONS=path/to/submitted [ROSTER=roster.csv] [JOBS=n] [ARGS='01_the_problem --force']"; exit 2; }
+	$(GRADE) autograde "$(SUBMISSIONS)" $(if $(ROSTER),--roster "$(ROSTER)") $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 grades: setup
 	$(GRADE) export --to course/grades.csv
 
 feedback: setup
-	$(GRADE) feedback
+	$(GRADE) feedback $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info student course

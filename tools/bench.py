@@ -7,8 +7,13 @@ Measures, and writes as Markdown and JSON (``bench/results.md``, ``bench/results
 - the whole course's total;
 - ``make test``'s wall time (skip with ``--skip-tests``);
 - course_lib's training overhead: ``fit(record=False)`` and ``fit(record=True)`` against a bare
-  PyTorch loop on the same model, data and batches, interleaved, as two ratios;
-- the time ``import course_lib`` adds beyond importing torch.
+  PyTorch loop on the same model, data and batches, interleaved, as two ratios (``--speed-only``
+  measures only this);
+- the time ``import course_lib`` adds beyond importing torch;
+- autograding throughput: submissions per minute that ``course_lib.grading.autograde`` grades for
+  one lesson (default ``00_welcome``, model solutions, in the bubblewrap sandbox when it can start)
+  with 1 and with 2 parallel jobs (skip with ``--skip-grading``; ``--grading-only`` measures only
+  this).
 
 Exits non-zero when a target is missed, naming it.
 """
@@ -19,9 +24,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,6 +147,48 @@ def import_baseline_gb() -> float:
     return int(out) * 1024 / 1e9
 
 
+def _model_submission(released: Path, source: Path, target: Path) -> None:
+    """The released notebook with the source's solutions filled in (markers dropped)."""
+    import nbformat
+
+    solutions = {c.metadata["nbgrader"]["grade_id"]: c.source
+                 for c in nbformat.read(str(source), as_version=4).cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    nb = nbformat.read(str(released), as_version=4)
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if gid in solutions:
+            cell.source = "\n".join(l for l in solutions[gid].split("\n")
+                                    if "BEGIN SOLUTION" not in l and "END SOLUTION" not in l)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(target))
+
+
+def grading_throughput(lesson: str = "00_welcome", submissions: int = 4,
+                       jobs: tuple[int, ...] = (1, 2)) -> dict:
+    """Autograde ``submissions`` model solutions of ``lesson`` into a fresh course folder at each
+    job count; submissions per minute (release and the first import of nbgrader not counted)."""
+    from course_lib import grading, sandbox
+
+    use_sandbox = sandbox.sandbox_problem() is None
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
+        for n_jobs in jobs:
+            course = Path(tmp) / f"course-{n_jobs}"
+            released = grading.release(ROOT / "notebooks", course, None, [lesson])[0]
+            subs = Path(tmp) / f"subs-{n_jobs}"
+            for i in range(submissions):
+                _model_submission(released, ROOT / "notebooks" / f"{lesson}.ipynb",
+                                  subs / f"student{i:03d}" / lesson / f"{lesson}.ipynb")
+            start = time.perf_counter()
+            status = grading.autograde(subs, course, [lesson], jobs=n_jobs, use_sandbox=use_sandbox)
+            seconds = time.perf_counter() - start
+            graded = sum(s[lesson] == "graded" for s in status.values())
+            runs[n_jobs] = {"seconds": seconds, "per_minute": 60 * submissions / seconds, "graded": graded}
+            shutil.rmtree(course, ignore_errors=True)
+    return {"lesson": lesson, "submissions": submissions, "sandbox": use_sandbox, "runs": runs}
+
+
 def make_test_seconds() -> tuple[float, int]:
     start = time.perf_counter()
     rc = subprocess.run(["make", "test"], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -153,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="do not time `make test`")
     parser.add_argument("--speed-only", action="store_true",
                         help="only compare fit with a bare PyTorch loop (exits 1 when a target is missed)")
+    parser.add_argument("--skip-grading", action="store_true", help="do not measure autograding")
+    parser.add_argument("--grading-only", action="store_true", help="measure only autograding")
+    parser.add_argument("--grading-submissions", type=int, default=4, help="submissions per run")
     parser.add_argument("lessons", nargs="*", help="notebook paths (default: every lesson)")
     args = parser.parse_args(argv)
     if args.speed_only:
@@ -173,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                                         else "CPU only")
     except Exception:
         results["machine"]["device"] = "unknown"
+    if args.grading_only:
+        return _grading_report(args, results)
     for path in lessons:
         print(f"running {path.name} ...", flush=True)
         results["lessons"][path.stem] = run_notebook(path)
@@ -186,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_tests:
         print("timing make test ...", flush=True)
         results["make_test_seconds"], results["make_test_rc"] = make_test_seconds()
+    if not args.skip_grading:
+        print("measuring autograding throughput ...", flush=True)
+        results["grading"] = grading_throughput(submissions=args.grading_submissions)
 
     missed = []
     for name, r in results["lessons"].items():
@@ -208,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         missed.append(f"import course_lib adds {results['import_course_lib_seconds']:.2f} s > 1 s")
     if results.get("make_test_rc", 0) != 0:
         missed.append(f"make test failed (exit {results['make_test_rc']})")
+    missed += _grading_missed(results)
     results["targets"], results["missed"] = TARGETS, missed
 
     lines = [f"# Benchmark ({results['machine']['cpus']} CPUs, {results['machine']['device']}, "
@@ -232,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
               f"scikit-learn, torchvision and matplotlib): {results['import_lesson_modules_seconds']:.2f} s."]
     if "make_test_seconds" in results:
         lines.append(f"- `make test`: **{results['make_test_seconds'] / 60:.1f} min** (exit {results['make_test_rc']}).")
+    lines += _grading_lines(results)
     lines += ["", "Targets missed: " + ("; ".join(missed) if missed else "none") + "."]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
@@ -241,6 +300,37 @@ def main(argv: list[str] | None = None) -> int:
         print("\nTARGETS MISSED:\n- " + "\n- ".join(missed), file=sys.stderr)
         return 1
     return 0
+
+
+def _grading_lines(results: dict) -> list[str]:
+    g = results.get("grading")
+    if not g:
+        return []
+    runs = g["runs"]
+    parts = [f"{j} job{'s' if j > 1 else ''}: **{r['per_minute']:.1f}/min** ({r['seconds']:.0f} s)"
+             for j, r in sorted(runs.items(), key=lambda kv: int(kv[0]))]
+    where = "in the bubblewrap sandbox" if g["sandbox"] else "WITHOUT the sandbox (it cannot start here)"
+    return [f"- Autograding {g['submissions']} model solutions of {g['lesson']} {where}: " + "; ".join(parts) + "."]
+
+
+def _grading_missed(results: dict) -> list[str]:
+    g = results.get("grading")
+    if not g:
+        return []
+    return [f"autograding with {j} job(s) graded {r['graded']} of {g['submissions']}"
+            for j, r in g["runs"].items() if r["graded"] != g["submissions"]]
+
+
+def _grading_report(args: argparse.Namespace, results: dict) -> int:
+    print("measuring autograding throughput ...", flush=True)
+    results["grading"] = grading_throughput(submissions=args.grading_submissions)
+    results["missed"] = _grading_missed(results)
+    lines = [f"# Autograding benchmark ({results['machine']['cpus']} CPUs)", ""] + _grading_lines(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "grading.md").write_text("\n".join(lines) + "\n")
+    (args.out / "grading.json").write_text(json.dumps(results, indent=1))
+    print("\n".join(lines))
+    return 1 if results["missed"] else 0
 
 
 if __name__ == "__main__":
