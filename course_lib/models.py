@@ -159,12 +159,21 @@ class ResidualBlock(nn.Module):
 
     With ``preactivation=True`` the branch is ``fc(act(norm(x)))``: normalization and activation
     come *before* the weights (He et al. 2016b, "Identity mappings in deep residual networks").
+
+    With ``postactivation=True`` the block is ``act(x + residual_scale * norm(fc(x)))``: the
+    activation comes *after* the addition, as in He et al.'s original block (2016a) and in
+    torchvision's and timm's ResNets, so the identity path passes through ``act`` too.
     """
 
     def __init__(self, width: int, activation: str, norm: str | None, *,
-                 residual_scale: float = 1.0, preactivation: bool = False) -> None:
+                 residual_scale: float = 1.0, preactivation: bool = False,
+                 postactivation: bool = False) -> None:
         super().__init__()
         self.preactivation = check_bool("preactivation", preactivation)
+        self.postactivation = check_bool("postactivation", postactivation)
+        if preactivation and postactivation:
+            raise ValueError("choose at most one of preactivation=True (act before the weights) "
+                             "and postactivation=True (act after the addition)")
         self.residual_scale = check_float("residual_scale", residual_scale, low=0.0)
         self.fc = nn.Linear(width, width)
         norm_layer = _make_norm(norm, width)
@@ -179,13 +188,16 @@ class ResidualBlock(nn.Module):
         h = self.fc(x)
         if hasattr(self, "norm"):
             h = self.norm(h)
+        if self.postactivation:
+            return self.act(x + self.residual_scale * h)
         return x + self.residual_scale * self.act(h)
 
 
 def mlp(in_features: int, out_features: int, depth: int, width: int, activation: str = "relu",
         init: str = "default", norm: str | None = None, residual: bool = False, *,
         std: float | None = None, gain: float | None = None,
-        residual_scale: float = 1.0, preactivation: bool = False) -> nn.Sequential:
+        residual_scale: float = 1.0, preactivation: bool = False,
+        postactivation: bool = False) -> nn.Sequential:
     """A multilayer perceptron with ``depth`` hidden layers of ``width`` units.
 
     Each hidden layer is ``Linear -> [norm] -> activation``. With ``residual=True`` the hidden
@@ -198,6 +210,8 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
             ``normal``, ``gain`` for ``xavier_*``, ``lecun_normal`` and ``orthogonal``).
         norm: ``None``, ``"batch"`` (BatchNorm1d) or ``"layer"`` (LayerNorm), before the activation.
         preactivation: with ``residual=True``, pre-activation blocks (see :class:`ResidualBlock`).
+        postactivation: with ``residual=True``, the activation after the addition (He et al.'s
+            original block; see :class:`ResidualBlock`). The default is "ReLU before addition".
 
     Raises:
         ValueError: an unknown name or a bad size, with the valid choices listed.
@@ -212,8 +226,13 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
     check_bool("residual", residual)
     check_bool("preactivation", preactivation)
     check_float("residual_scale", residual_scale, low=0.0)
+    check_bool("postactivation", postactivation)
     if preactivation and not residual:
         raise ValueError("preactivation=True needs residual=True (it arranges a residual block)")
+    if postactivation and not residual:
+        raise ValueError("postactivation=True needs residual=True (it arranges a residual block)")
+    if preactivation and postactivation:
+        raise ValueError("choose at most one of preactivation=True and postactivation=True")
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     layers["fc1"] = nn.Linear(in_features, width)
@@ -225,7 +244,8 @@ def mlp(in_features: int, out_features: int, depth: int, width: int, activation:
         if residual:
             layers[f"block{i}"] = ResidualBlock(width, activation, norm,
                                                 residual_scale=residual_scale,
-                                                preactivation=preactivation)
+                                                preactivation=preactivation,
+                                                postactivation=postactivation)
         else:
             layers[f"fc{i}"] = nn.Linear(width, width)
             norm_layer = _make_norm(norm, width)
