@@ -16,6 +16,9 @@ c.CourseDirectory.root = os.path.join(os.path.dirname(os.path.abspath(__file__))
 c.CourseDirectory.course_id = "vanishing-gradients"
 if os.environ.get("COURSE_GRADEBOOK_URL"):  # one gradebook shared by several graders (README)
     c.CourseDirectory.db_url = os.environ["COURSE_GRADEBOOK_URL"]
+c.ClearSolutions.code_stub = {  # the same stub as course_lib.grading.CODE_STUB
+    "python": '# YOUR CODE HERE\nraise NotImplementedError("not done yet: replace this line with your '
+              'solution, then run the test cell below")'}
 c.Autograde.autograde_preprocessors = [
     "course_lib.grading_results.RefuseUnsandboxed",
     "nbgrader.preprocessors.IgnorePattern",

@@ -88,6 +88,12 @@ def _select(available: Sequence[str], wanted: Iterable[str] | None, what: str = 
     return wanted
 
 
+#: What a solution becomes in the student version: a stub that says what to do when its test cell
+#: is run before the exercise is done (nbgrader's own stub raises a bare NotImplementedError()).
+CODE_STUB = ('# YOUR CODE HERE\nraise NotImplementedError("not done yet: replace this line with your '
+             'solution, then run the test cell below")')
+
+
 def nbgrader_config(course_dir: Path, timeout: int = DEFAULT_TIMEOUT_S, results_dir: Path | None = None):
     """The course's nbgrader settings (``nbgrader_config.py`` at the repository root says the same
     for Formgrader and the ``nbgrader`` command): execution is replaced by the sandbox's results,
@@ -102,6 +108,7 @@ def nbgrader_config(course_dir: Path, timeout: int = DEFAULT_TIMEOUT_S, results_
         c.CourseDirectory.db_url = os.environ[GRADEBOOK_URL_VAR]
     c.Execute.timeout = int(timeout)
     c.Execute.interrupt_on_timeout = True
+    c.ClearSolutions.code_stub = {"python": CODE_STUB}
     c.Autograde.autograde_preprocessors = [
         "course_lib.grading_results.ReplayExecution",
         "nbgrader.preprocessors.IgnorePattern",

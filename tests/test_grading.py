@@ -91,7 +91,8 @@ def graded_class(tmp_path_factory):
 
 def test_student_version_has_stubs_and_no_hidden_tests(graded_class):
     text = graded_class["released"].read_text()
-    assert "raise NotImplementedError()" in text
+    assert "raise NotImplementedError(\\\"not done yet: replace this line" in text, \
+        "a stub says what to do when its test cell is run early"
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
     assert "(depth - 1) * (width * width + width)" not in text, "solution code leaked"
     assert "for _bad in" not in text, "hidden test leaked"
@@ -204,6 +205,7 @@ def test_nbgrader_config_at_the_root_finds_course_with_the_course_settings(monke
     assert cfg.CourseDirectory.root == str(ROOT / "course")
     assert cfg.CourseDirectory.course_id == ours.CourseDirectory.course_id == grading.COURSE_ID
     assert list(cfg.GenerateFeedback.preprocessors) == list(ours.GenerateFeedback.preprocessors)
+    assert cfg.ClearSolutions.code_stub == ours.ClearSolutions.code_stub == {"python": grading.CODE_STUB}
     # nbgrader's own autograde (Formgrader's button) must not run student code outside the sandbox
     assert cfg.Autograde.autograde_preprocessors[0] == "course_lib.grading_results.RefuseUnsandboxed"
     assert list(cfg.Autograde.autograde_preprocessors[1:]) == list(ours.Autograde.autograde_preprocessors[1:])

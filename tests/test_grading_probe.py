@@ -138,7 +138,7 @@ def submit(released: Path, folder: Path, student: str, sol1: str | None = STUDEN
 def test_probe_release_has_stubs_and_no_secret(tmp_path):
     _, released = make_probe_course(tmp_path)
     text = released.read_text()
-    assert "raise NotImplementedError()" in text and "YOUR ANSWER HERE" in text
+    assert "raise NotImplementedError(" in text and "YOUR ANSWER HERE" in text
     for line in SECRET_LINES + ["Rubric (1 point)"]:
         assert line not in text, line
 
