@@ -546,6 +546,7 @@ class Explorer(widgets.VBox):
         self._compute, self._draw, self._summary = compute, draw, summary
         self._figsize, self._ncols = figsize, ncols
         self._convert = dict(convert or {})
+        self._title = title
         box = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", gap="4px 16px"))
         super().__init__([widgets.HTML(f"<b>{html.escape(title)}</b>"), box, self.image,
@@ -581,16 +582,42 @@ class Explorer(widgets.VBox):
             return
         self.data, self.error = data, ""
         self.image.value = png
+        self.image.tooltip = self.alt_text  # the picture's accessible name (the img's title)
         self.seconds = time.perf_counter() - start
         self.status.value = (f"<span class='course-explorer-summary'>"
                              f"{html.escape(self._summary(data))} "
                              f"<span style='color:#777'>({self.seconds:.2f} s)</span></span>")
 
+    @property
+    def alt_text(self) -> str:
+        """What the current plot shows, in words: the title, the settings and the summary."""
+        if self.data is None:
+            return f"{self._title}: no plot yet"
+        settings = ", ".join(f"{getattr(c, 'description', '') or name} {c.value}"
+                             for name, c in self.controls.items())
+        return f"{self._title}, plotted for {settings}. {self._summary(self.data)}"
+
+    def _static_image(self) -> tuple[dict, dict]:
+        """The current plot as ``image/png`` and ``text/html`` ``<img alt>``, with metadata."""
+        from course_lib.display import image_bundle
+
+        return image_bundle(self.png, self.alt_text) if self.image.value else ({}, {})
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """The widget view, plus the current plot as a static image with alt text for
+        front-ends that cannot show widgets (GitHub, nbconvert, the course website)."""
         bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is not None and self.image.value:
-            bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        if bundle is not None:
+            bundle.update(self._static_image()[0])
         return bundle
+
+    def _ipython_display_(self) -> None:
+        """Display the bundle of :meth:`_repr_mimebundle_` with the image's alt text metadata."""
+        from IPython.display import publish_display_data
+
+        data = self._repr_mimebundle_()
+        if data is not None:
+            publish_display_data(data, metadata=self._static_image()[1])
 
 
 
