@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GRADE  := $(BIN)/python -m course_lib.grading
 LESSONS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: setup lab test student release autograde grades feedback clean
+.PHONY: setup lab site test student release autograde grades feedback clean
 
 setup: $(STAMP)
 
@@ -25,8 +25,19 @@ student/.built: $(STAMP) $(LESSONS)
 
 student: student/.built
 
-lab: setup student
-	$(BIN)/jupyter lab student/00_welcome.ipynb
+# JupyterLab on lesson 00 of the student version: the URL it prints opens the lesson. As root (a
+# container, CI) it adds --allow-root, which JupyterLab requires there. Options pass through:
+#   make lab ARGS="--no-browser --port 8890"
+# The settings override makes JupyterLab save widget state in the notebook (binder/overrides.json).
+LAB_ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_OVERRIDES  := $(VENV)/share/jupyter/lab/settings/overrides.d/vanishing-gradients.json
+
+$(LAB_OVERRIDES): binder/overrides.json | $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+lab: setup student $(LAB_OVERRIDES)
+	$(BIN)/jupyter lab $(LAB_ALLOW_ROOT) --LabApp.default_url=/lab/tree/student/00_welcome.ipynb $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest
