@@ -39,6 +39,11 @@ $(LAB_OVERRIDES): binder/overrides.json | $(STAMP)
 lab: setup student $(LAB_OVERRIDES)
 	$(BIN)/jupyter lab $(LAB_ALLOW_ROOT) --LabApp.default_url=/lab/tree/student/00_welcome.ipynb $(ARGS)
 
+# The course website (Jupyter Book) from the stored lessons, offline: site/_build/html/index.html.
+# SITE_ARGS=--check also checks every internal link and anchor.
+site: setup
+	$(BIN)/python tools/build_site.py $(SITE_ARGS)
+
 test: setup
 	$(BIN)/python -m pytest
 
