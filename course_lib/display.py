@@ -32,8 +32,10 @@ import importlib.util
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import ipywidgets
 from matplotlib.figure import Figure
 from tqdm.notebook import tqdm as _notebook_tqdm
+from traitlets import Unicode
 from tqdm.std import tqdm as _std_tqdm
 
 _ATTR = "_course_alt_text"
@@ -109,6 +111,19 @@ def image_bundle(png: bytes | str, alt: str, *, width: int | None = None,
     tag = (f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt, quote=True)}"'
            f'{attrs} style="max-width: 100%; height: auto"/>')
     return {_PNG: b64, _HTML: tag}, {_PNG: {"alt": alt, **size}}
+
+
+class AltImage(ipywidgets.Image):
+    """An ``ipywidgets.Image`` whose ``tooltip`` becomes the picture's ``title``, and so its
+    accessible name (what a screen reader announces for an ``<img>`` without ``alt``).
+
+    ipywidgets 8.1.9's image view has no ``alt``, and its tooltip code reads the widget's
+    ``description``, which ``Image`` lacks: setting a tooltip on a plain ``Image`` breaks the view
+    in JupyterLab ("Click to show javascript error"). This subclass syncs an empty description,
+    so the tooltip lands on the ``<img>`` as its title.
+    """
+
+    description = Unicode("").tag(sync=True)
 
 
 def _figure_mimebundle(fig: Figure) -> tuple[dict, dict] | None:

@@ -529,6 +529,12 @@ class Explorer(widgets.VBox):
     how long the last update took (compute and drawing), ``error`` the last error message
     (empty when the last update worked). Its mime bundle adds a static ``image/png`` of the
     current plot, which front-ends without widgets show instead.
+
+    Displayed in a notebook (``_ipython_display_``), it makes two outputs: the widget (title,
+    controls, summary) and the plot as a plain image with alt text (``image/png`` and an
+    ``<img alt>``), which every redraw updates in place through a display handle. A saved
+    notebook therefore keeps the last plot as an ordinary output: reopened without a kernel, or
+    where the widget's state was not saved, the plot is still there.
     """
 
     def __init__(self, title: str, controls: Mapping[str, Any],
@@ -538,7 +544,10 @@ class Explorer(widgets.VBox):
                  figsize: tuple[float, float], ncols: int,
                  convert: Mapping[str, Callable[[Any], Any]] | None = None) -> None:
         self.controls = dict(controls)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        from course_lib.display import AltImage
+
+        # An Image whose tooltip (the alt text of the current plot) is the <img>'s title.
+        self.image = AltImage(format="png", layout=widgets.Layout(max_width="100%"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.5em"))
         self.data: dict[str, Any] | None = None
         self.seconds = math.nan
@@ -547,6 +556,7 @@ class Explorer(widgets.VBox):
         self._figsize, self._ncols = figsize, ncols
         self._convert = dict(convert or {})
         self._title = title
+        self._plot_handles: list[Any] = []  # display handles of the plot outputs
         box = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", gap="4px 16px"))
         super().__init__([widgets.HTML(f"<b>{html.escape(title)}</b>"), box, self.image,
@@ -583,6 +593,10 @@ class Explorer(widgets.VBox):
         self.data, self.error = data, ""
         self.image.value = png
         self.image.tooltip = self.alt_text  # the picture's accessible name (the img's title)
+        if self._plot_handles:
+            data, metadata = self._static_image()
+            for handle in self._plot_handles:
+                handle.update(data, metadata=metadata, raw=True)
         self.seconds = time.perf_counter() - start
         self.status.value = (f"<span class='course-explorer-summary'>"
                              f"{html.escape(self._summary(data))} "
@@ -612,12 +626,18 @@ class Explorer(widgets.VBox):
         return bundle
 
     def _ipython_display_(self) -> None:
-        """Display the bundle of :meth:`_repr_mimebundle_` with the image's alt text metadata."""
-        from IPython.display import publish_display_data
+        """Two outputs: the widget, its picture hidden, and the plot as a plain image (alt text
+        included) that :meth:`update` replaces on every redraw."""
+        from IPython.display import display, publish_display_data
 
-        data = self._repr_mimebundle_()
-        if data is not None:
-            publish_display_data(data, metadata=self._static_image()[1])
+        widget = super()._repr_mimebundle_()
+        if widget is None:
+            return
+        widget["text/plain"] = f"{self._title}: interactive controls (they need a running kernel)"
+        self.image.layout.display = "none"  # the plot is the output below
+        publish_display_data(widget)
+        data, metadata = self._static_image()
+        self._plot_handles.append(display(data, metadata=metadata, raw=True, display_id=True))
 
 
 
