@@ -594,9 +594,9 @@ class Explorer(widgets.VBox):
         self.image.value = png
         self.image.tooltip = self.alt_text  # the picture's accessible name (the img's title)
         if self._plot_handles:
-            data, metadata = self._static_image()
+            static, metadata = self._static_image()
             for handle in self._plot_handles:
-                handle.update(data, metadata=metadata, raw=True)
+                handle.update(static, metadata=metadata, raw=True)
         self.seconds = time.perf_counter() - start
         self.status.value = (f"<span class='course-explorer-summary'>"
                              f"{html.escape(self._summary(data))} "
