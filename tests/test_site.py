@@ -245,3 +245,17 @@ def test_three_lesson_pages_render_their_figures_in_a_browser(site):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_pages_workflow_publishes_the_site_and_the_branch_the_launch_buttons_open():
+    import yaml
+
+    flow = yaml.safe_load((ROOT / ".github" / "workflows" / "pages.yml").read_text())
+    steps = flow["jobs"]["build"]["steps"]
+    runs = "\n".join(s.get("run", "") for s in steps)
+    branch, folder = CONFIG["repository"]["branch"], CONFIG["repository"]["path_to_book"]
+    assert "tools/build_site.py --check" in runs, "the workflow does not build and check the site"
+    assert f"git checkout -B {branch}" in runs and f"git push --force origin {branch}" in runs
+    assert f"git add -f {folder}/*.ipynb" in runs, "the student notebooks are not published"
+    upload = [s for s in steps if "upload-pages-artifact" in s.get("uses", "")]
+    assert upload and upload[0]["with"]["path"] == "site/_build/html"
