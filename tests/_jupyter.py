@@ -59,6 +59,9 @@ def environment(home: Path) -> dict[str, str]:
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false", "checkForUpdates": false}')
+    # The course's JupyterLab extension (accessible slider names), installed as `make lab` does.
+    shutil.copytree(ROOT / "jupyterlab-a11y" / "dist",
+                    home / "data" / "labextensions" / "vanishing-gradients-a11y", dirs_exist_ok=True)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in
                                          env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("COURSE_DEVICE", None)

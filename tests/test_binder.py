@@ -177,6 +177,8 @@ def test_postbuild_in_a_fresh_venv_builds_the_student_version(tmp_path):
     where = subprocess.run([str(python), "-c", "import course_lib; print(course_lib.__file__)"],
                            env=env, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(repo), f"course_lib is not installed from the repository: {where}"
+    extension = env_dir / "share/jupyter/labextensions/vanishing-gradients-a11y/package.json"
+    assert json.loads(extension.read_text())["jupyterlab"]["_build"]["load"].endswith(".js")
     override = env_dir / "share/jupyter/lab/settings/overrides.d/vanishing-gradients.json"
     assert json.loads(override.read_text())[
         "@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True

@@ -323,7 +323,14 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
                 page.keyboard.press("ArrowRight")
                 last = _wait_for_new_plot(img, first, "ArrowRight on the depth slider")
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                # Accessible names: the explorer's picture (its title) and the figures' alt.
+                # Accessible names: every slider handle (the course's JupyterLab extension),
+                # the explorer's plot and the figures (alt).
+                handles = page.locator(".course-explorer .widget-slider .noUi-handle")
+                names = handles.evaluate_all("hs => hs.map(h => [h.getAttribute('aria-label'),"
+                                             " h.closest('.widget-slider')"
+                                             ".querySelector('.widget-label').textContent])")
+                assert names and all(n == label and n for n, label in names), names
+                assert page.get_by_role("slider", name="depth").count() == 1
                 assert page.get_by_role("img", name=re.compile(r"depth 7\b")).count() == 1
                 assert page.locator(f'img[alt="{FIGURE_ALT}"]').count() == 1
                 assert page.locator('img[alt^="Plot: Falling"]').count() == 1

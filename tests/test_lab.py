@@ -115,3 +115,17 @@ def test_the_url_jupyterlab_prints_opens_the_lesson(tmp_path):
         raise AssertionError(f"{err}\n--- jupyter lab log ---\n{J.tail(log)}") from None
     finally:
         J.stop(proc)
+
+
+def test_make_lab_installs_the_course_jupyterlab_extension_and_jupyterlab_loads_it(tmp_path):
+    copies = [shlex.split(line) for line in make_lab() if line.startswith("cp -R ")]
+    assert copies and copies[0][2].rstrip("/.") == "jupyterlab-a11y/dist", copies
+    dest = copies[0][3].rstrip("/")
+    assert dest == ".venv/share/jupyter/labextensions/vanishing-gradients-a11y", dest
+    built = json.loads((ROOT / "jupyterlab-a11y" / "dist" / "package.json").read_text())
+    assert (ROOT / "jupyterlab-a11y" / "dist" / built["jupyterlab"]["_build"]["load"]).exists()
+    env = J.environment(tmp_path / "home")  # installs it into the throwaway data dir, as make does
+    listed = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    line = [l for l in (listed.stdout + listed.stderr).splitlines() if "vanishing-gradients-a11y" in l]
+    assert line and "enabled" in line[0] and "OK" in line[0], listed.stdout + listed.stderr
