@@ -87,11 +87,10 @@ def test_check_and_bad_paths_say_what_is_wrong(tmp_path, capsys):
         C.lesson_paths([tmp_path / "empty"])
 
 
-def test_the_cell_does_nothing_where_course_lib_is_installed():
+def test_the_cell_does_nothing_where_course_lib_is_installed(tmp_path):
     out = subprocess.run([sys.executable, "-c", C.SOURCE + "\nprint('done')"],
-                         capture_output=True, text=True, timeout=60,
-                         env={**J.environment(ROOT / "test-artifacts" / "colab-home"),
-                              "PIP_NO_INDEX": "1"})
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**J.environment(tmp_path / "home"), "PIP_NO_INDEX": "1"})
     assert out.returncode == 0, out.stderr
     assert out.stdout == "done\n" and out.stderr == ""
 
