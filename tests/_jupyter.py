@@ -59,6 +59,11 @@ def environment(home: Path) -> dict[str, str]:
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false", "checkForUpdates": false}')
+    # Start the notebook's kernel without asking, even when the kernel list arrives late (a
+    # loaded machine): otherwise a "Select Kernel" dialog can block the test's clicks.
+    tracker = home / "config" / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True, exist_ok=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
     # The course's JupyterLab extension (accessible slider names), installed as `make lab` does.
     shutil.copytree(ROOT / "jupyterlab-a11y" / "dist",
                     home / "data" / "labextensions" / "vanishing-gradients-a11y", dirs_exist_ok=True)
@@ -66,6 +71,12 @@ def environment(home: Path) -> dict[str, str]:
                                          env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.pop("COURSE_DEVICE", None)
     return env
+
+
+def accept_kernel_dialogs(page) -> None:
+    """Should JupyterLab still ask which kernel to start, take the one it proposes."""
+    page.add_locator_handler(page.locator(".jp-Dialog", has_text="Select Kernel"),
+                             lambda dialog: dialog.locator("button", has_text="Select").click())
 
 
 def tail(path: Path, chars: int = 3000) -> str:

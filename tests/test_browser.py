@@ -93,20 +93,28 @@ def _plot(page, i: int):
     return _explorer_cell(page, i).locator(".jp-OutputArea-output img[alt]").first
 
 
+_KERNEL_READY_JS = """async () => {
+  const kernels = await (await fetch('/api/kernels')).json();
+  return kernels.length > 0 && kernels.every(k => k.connections > 0 && k.execution_state === 'idle');
+}"""
+_ALL_RUN_JS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
+  .every(p => /\\[\\d+\\]/.test(p.textContent))"""
+
+
 def _run_all(page) -> None:
-    """Run > Run All Cells, as a learner would; again if the kernel was not ready to take it
-    (the execution indicator can say idle before the kernel's connection is up)."""
-    for _ in range(4):
+    """Run > Run All Cells, as a learner would, once the kernel is connected and idle; again if
+    the notebook went idle with cells left unrun (a click that came too early, on a loaded
+    machine)."""
+    page.wait_for_function(_KERNEL_READY_JS, polling=500)
+    for _ in range(3):
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:
-            page.wait_for_function(
-                "[...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-                ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=20_000)
+            page.wait_for_function(_ALL_RUN_JS, polling=500, timeout=KERNEL_RUN_S * 1000)
             return
-        except Exception:  # playwright's TimeoutError: the click came too early
+        except Exception:  # playwright's TimeoutError: some cells never ran
             continue
-    raise AssertionError("Run All Cells never started running the notebook")
+    raise AssertionError("Run All Cells did not run every cell")
 
 
 def _errors_shown(page) -> list[str]:
@@ -149,6 +157,7 @@ def test_explorers_run_and_react_in_jupyterlab(tmp_path):
                                         args=J.CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                J.accept_kernel_dialogs(page)
                 page.set_default_timeout(KERNEL_RUN_S * 1000)
                 page.goto(f"{base}/lab/tree/explorers.ipynb?token={token}")
                 page.wait_for_selector(".jp-Notebook .jp-Cell")
@@ -306,6 +315,7 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
                                         args=J.CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1300, "height": 1400})
+                J.accept_kernel_dialogs(page)
                 page.set_default_timeout(KERNEL_RUN_S * 1000)
                 url = f"{base}/lab/tree/{name}?token={token}"
                 page.goto(url)
@@ -358,6 +368,7 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
                 proc = J.start(cmd + ["--KernelSpecManager.allowed_kernelspecs=no-such-kernel"],
                                env, root_dir, log)
                 J.wait_for_server(f"{base}/api/status?token={token}", proc, log)
+                page.remove_locator_handler(page.locator(".jp-Dialog", has_text="Select Kernel"))
                 page.goto(url)
                 page.wait_for_selector(".jp-Notebook .jp-Cell")
                 try:  # JupyterLab asks which kernel to use: none

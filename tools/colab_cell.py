@@ -31,7 +31,9 @@ SOURCE = f"""\
 import importlib, importlib.util, subprocess, sys
 if importlib.util.find_spec("course_lib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "--root-user-action=ignore", "{REQUIREMENT}"], check=True)
+                    "--root-user-action=ignore",
+                    "{REQUIREMENT}"],
+                   check=True)
     importlib.invalidate_caches()"""
 
 
