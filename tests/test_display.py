@@ -184,3 +184,9 @@ def test_in_a_kernel_progress_and_figures_leave_text_and_images_with_alt(tmp_pat
     views = [o for outs in outputs for o in outs
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(views) == 1, "only the explorer's controls remain a widget"
+    # nbconvert's HTML (its default 'lab' template ignores the metadata) shows the <img alt>.
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert 'alt="Two points"' in page
+    assert f'alt="{html.escape(plot.metadata["image/png"]["alt"], quote=True)}"' in page

@@ -115,6 +115,31 @@ def test_lessons_are_found_by_their_pattern_and_titled_by_their_first_heading(tm
         S.find_lessons(tmp_path / "empty")
 
 
+def test_alt_text_of_a_stored_figure_is_the_img_alt_on_its_page(tmp_path):
+    """A small book from one made-up lesson: MyST-NB puts the figure's <img alt> on the page."""
+    from course_lib.display import image_bundle
+
+    stored = next(o for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells
+                  if c.cell_type == "code" for o in c.get("outputs", [])
+                  if "image/png" in o.get("data", {}))
+    data, md = image_bundle(stored.data["image/png"], "Gradient norm falls 10x per layer")
+    cell = _code("plot()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={**data, "text/plain": "<Fig>"},
+                                           metadata=md)]
+    cell.execution_count = 1
+    lesson = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 00 · Made up"),
+                                             cell])
+    lesson.metadata = {"kernelspec": {"name": "python3", "language": "python",
+                                      "display_name": "Python 3"},
+                       "language_info": {"name": "python"}}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(lesson, tmp_path / "notebooks" / "00_made_up.ipynb")
+    S.stage(tmp_path / "notebooks", tmp_path / "_build" / "source")
+    page = (S.build(tmp_path / "_build" / "source", tmp_path) / "00_made_up.html").read_text()
+    assert re.search(r'<img src="data:image/png;base64,[^"]+" alt="Gradient norm falls 10x '
+                     r'per layer"', page), "the alt text did not reach the page"
+
+
 def test_link_checker_reports_missing_pages_and_anchors(tmp_path):
     (tmp_path / "a.html").write_text(
         '<h1 id="top">A</h1><a href="b.html#there">ok</a><a href="b.html#nowhere">bad anchor</a>'
