@@ -56,6 +56,23 @@ def shell():
     InteractiveShell.clear_instance()
 
 
+def _img_alts(page):
+    """The alt attribute of every <img> in an HTML page, unescaped."""
+    from html.parser import HTMLParser
+
+    class Imgs(HTMLParser):
+        alts: list = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.alts.append(dict(attrs).get("alt"))
+
+    parser = Imgs()
+    parser.alts = []
+    parser.feed(page)
+    return parser.alts
+
+
 def _alt_of(html_text):
     found = re.search(r'alt="([^"]*)"', html_text)
     return html.unescape(found.group(1)) if found else None
@@ -188,5 +205,5 @@ def test_in_a_kernel_progress_and_figures_leave_text_and_images_with_alt(tmp_pat
     from nbconvert import HTMLExporter
 
     page, _ = HTMLExporter().from_notebook_node(nb)
-    assert 'alt="Two points"' in page
-    assert f'alt="{html.escape(plot.metadata["image/png"]["alt"], quote=True)}"' in page
+    alts = _img_alts(page)
+    assert "Two points" in alts and plot.metadata["image/png"]["alt"] in alts, alts
