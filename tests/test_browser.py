@@ -377,6 +377,22 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
                     pass
                 _check_reopened(page, last, "reopened without a kernel")
                 assert _api(base, token, "/api/kernels") == [], "a kernel was started"
+
+                # An untrusted copy (as a lesson is after a git clone): JupyterLab sanitizes the
+                # HTML outputs; the figures must still show, with their alt text.
+                copy = _api(base, token, f"/api/contents/{name}?content=1")["content"]
+                copy["cells"].insert(0, nbformat.v4.new_markdown_cell("A copy from elsewhere"))
+                _api(base, token, "/api/contents/untrusted.ipynb", "PUT",
+                     {"type": "notebook", "format": "json", "content": copy})
+                page.goto(f"{base}/lab/tree/untrusted.ipynb?token={token}")
+                try:
+                    page.locator(".jp-Dialog button", has_text="No Kernel").click(timeout=15_000)
+                except Exception:  # playwright's TimeoutError: no dialog this time
+                    pass
+                figure = page.locator(f'.jp-OutputArea-output img[alt="{FIGURE_ALT}"]')
+                figure.wait_for()
+                assert figure.evaluate("i => i.complete && i.naturalWidth > 0"), "figure not shown"
+                _check_reopened(page, last, "an untrusted copy")
                 page.screenshot(path=str(shot), full_page=True)
             finally:
                 if page is not None and not shot.exists():
