@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 GRADE  := $(BIN)/python -m course_lib.grading
 LESSONS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 
-.PHONY: setup lab test student release autograde grades feedback clean FORCE
+.PHONY: setup lab site test student release autograde grades feedback clean FORCE
 
 setup: $(STAMP)
 
@@ -30,8 +30,32 @@ FORCE:
 
 student: student/.built
 
-lab: setup student
-	$(BIN)/jupyter lab student/00_welcome.ipynb
+# JupyterLab on lesson 00 of the student version: the URL it prints opens the lesson. As root (a
+# container, CI) it adds --allow-root, which JupyterLab requires there. Options pass through:
+#   make lab ARGS="--no-browser --port 8890"
+# The settings override makes JupyterLab save widget state in the notebook (binder/overrides.json).
+# As root the URL and all of this are the same; only --allow-root is added.
+LAB_ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_OVERRIDES  := $(VENV)/share/jupyter/lab/settings/overrides.d/vanishing-gradients.json
+
+$(LAB_OVERRIDES): binder/overrides.json | $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# The course's JupyterLab extension: slider handles get their label as accessible name.
+LAB_A11Y := $(VENV)/share/jupyter/labextensions/vanishing-gradients-a11y
+
+$(LAB_A11Y)/package.json: jupyterlab-a11y/dist/package.json | $(STAMP)
+	rm -rf $(LAB_A11Y) && mkdir -p $(LAB_A11Y)
+	cp -R jupyterlab-a11y/dist/. $(LAB_A11Y)/
+
+lab: setup student $(LAB_OVERRIDES) $(LAB_A11Y)/package.json
+	$(BIN)/jupyter lab $(LAB_ALLOW_ROOT) --LabApp.default_url=/lab/tree/student/00_welcome.ipynb $(ARGS)
+
+# The course website (Jupyter Book) from the stored lessons, offline: site/_build/html/index.html.
+# SITE_ARGS=--check also checks every internal link and anchor.
+site: setup
+	$(BIN)/python tools/build_site.py $(SITE_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -72,6 +72,12 @@ class Explorer(widgets.VBox):
     how long the last update took (compute and drawing), ``error`` the last error message
     (empty when the last update worked). Its mime bundle adds a static ``image/png`` of the
     current plot, which front-ends without widgets show instead.
+
+    Displayed in a notebook (``_ipython_display_``), it makes two outputs: the widget (title,
+    controls, summary) and the plot as a plain image with alt text (``image/png`` and an
+    ``<img alt>``), which every redraw updates in place through a display handle. A saved
+    notebook therefore keeps the last plot as an ordinary output: reopened without a kernel, or
+    where the widget's state was not saved, the plot is still there.
     """
 
     def __init__(self, title: str, controls: Mapping[str, Any],
@@ -81,7 +87,10 @@ class Explorer(widgets.VBox):
                  figsize: tuple[float, float], ncols: int,
                  convert: Mapping[str, Callable[[Any], Any]] | None = None) -> None:
         self.controls = dict(controls)
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        from course_lib.display import AltImage
+
+        # An Image whose tooltip (the alt text of the current plot) is the <img>'s title.
+        self.image = AltImage(format="png", layout=widgets.Layout(max_width="100%"))
         self.status = widgets.HTML(layout=widgets.Layout(min_height="1.5em"))
         self.data: dict[str, Any] | None = None
         self.seconds = math.nan
@@ -89,6 +98,8 @@ class Explorer(widgets.VBox):
         self._compute, self._draw, self._summary = compute, draw, summary
         self._figsize, self._ncols = figsize, ncols
         self._convert = dict(convert or {})
+        self._title = title
+        self._plot_handles: list[Any] = []  # display handles of the plot outputs
         box = widgets.HBox(list(self.controls.values()),
                            layout=widgets.Layout(flex_flow="row wrap", gap="4px 16px"))
         super().__init__([widgets.HTML(f"<b>{html.escape(title)}</b>"), box, self.image,
@@ -124,16 +135,52 @@ class Explorer(widgets.VBox):
             return
         self.data, self.error = data, ""
         self.image.value = png
+        self.image.tooltip = self.alt_text  # the picture's accessible name (the img's title)
+        if self._plot_handles:
+            static, metadata = self._static_image()
+            for handle in self._plot_handles:
+                handle.update(static, metadata=metadata, raw=True)
         self.seconds = time.perf_counter() - start
         self.status.value = (f"<span class='course-explorer-summary'>"
                              f"{html.escape(self._summary(data))} "
                              f"<span style='color:#777'>({self.seconds:.2f} s)</span></span>")
 
+    @property
+    def alt_text(self) -> str:
+        """What the current plot shows, in words: the title, the settings and the summary."""
+        if self.data is None:
+            return f"{self._title}: no plot yet"
+        settings = ", ".join(f"{getattr(c, 'description', '') or name} {c.value}"
+                             for name, c in self.controls.items())
+        return f"{self._title}, plotted for {settings}. {self._summary(self.data)}"
+
+    def _static_image(self) -> tuple[dict, dict]:
+        """The current plot as ``image/png`` and ``text/html`` ``<img alt>``, with metadata."""
+        from course_lib.display import image_bundle
+
+        return image_bundle(self.png, self.alt_text) if self.image.value else ({}, {})
+
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        """The widget view, plus the current plot as a static image with alt text for
+        front-ends that cannot show widgets (GitHub, nbconvert, the course website)."""
         bundle = super()._repr_mimebundle_(**kwargs)
-        if bundle is not None and self.image.value:
-            bundle["image/png"] = base64.b64encode(self.image.value).decode("ascii")
+        if bundle is not None:
+            bundle.update(self._static_image()[0])
         return bundle
+
+    def _ipython_display_(self) -> None:
+        """Two outputs: the widget, its picture hidden, and the plot as a plain image (alt text
+        included) that :meth:`update` replaces on every redraw."""
+        from IPython.display import display, publish_display_data
+
+        widget = super()._repr_mimebundle_()
+        if widget is None:
+            return
+        widget["text/plain"] = f"{self._title}: interactive controls (they need a running kernel)"
+        self.image.layout.display = "none"  # the plot is the output below
+        publish_display_data(widget)
+        data, metadata = self._static_image()
+        self._plot_handles.append(display(data, metadata=metadata, raw=True, display_id=True))
 
 
 
