@@ -83,6 +83,32 @@ def _digits_as_mnist(train: bool, flatten: bool) -> tuple[torch.Tensor, torch.Te
     return (x.flatten(1) if flatten else x), y
 
 
+def failure_reason(err: BaseException, limit: int = 160) -> str:
+    """One line that says why ``err`` happened, never empty.
+
+    Error messages can span lines and put the cause last: torchvision's MNIST download raises
+    ``"Error downloading train-images-idx3-ubyte.gz:\\nTried https://..., got:\\n<urlopen error
+    ...>"``, whose first line alone says nothing. The non-empty lines are joined with spaces; a
+    text longer than ``limit`` keeps its first and last lines (the cause) around an ellipsis, and
+    is cut in the middle if still too long. An error with no text gives its type's name.
+
+    Raises:
+        ValueError: ``limit`` is not an integer >= 20.
+    """
+    limit = check_positive_int("limit", limit, minimum=20)
+    lines = [" ".join(line.split()) for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        return type(err).__name__
+    text = " ".join(lines)
+    if len(text) > limit and len(lines) > 1:
+        text = f"{lines[0]} … {lines[-1]}"
+    if len(text) > limit:
+        head = limit // 3
+        text = f"{text[:head].rstrip()} … {text[-(limit - head - 3):].lstrip()}"
+    return text
+
+
 def load_mnist(train: bool = True, root: str | os.PathLike | None = None, download: bool = True,
                flatten: bool = False, limit: int | None = None, verbose: bool = True) -> Dataset:
     """torchvision's MNIST, or the 8x8 digits upsampled to 28x28 when MNIST cannot be had.
@@ -113,12 +139,12 @@ def load_mnist(train: bool = True, root: str | os.PathLike | None = None, downlo
         x = x.flatten(1) if flatten else x
         name, note = "mnist", f"MNIST ({split}, {len(x)} images) from {root_path}"
     except Exception as err:  # no network, no files, corrupt files: fall back, say why
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = failure_reason(err)
         if not download and not (root_path / "MNIST" / "raw").exists():
             reason = f"not found under {root_path} and download=False"
         x, y = _digits_as_mnist(train, flatten)
         name = "digits-8x8-upsampled"
-        note = (f"MNIST unavailable ({reason[:120]}); using scikit-learn's 8x8 digits "
+        note = (f"MNIST unavailable ({reason}); using scikit-learn's 8x8 digits "
                 f"upsampled to 28x28 ({split}, {len(x)} images) instead")
     if limit is not None:
         x, y = x[:limit], y[:limit]

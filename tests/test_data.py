@@ -143,3 +143,35 @@ def test_make_loader_bad_input():
         make_loader(torch.zeros(3, 2), torch.zeros(4))
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(torch.zeros(3, 2), torch.zeros(3), batch_size=0)
+
+
+def test_failure_reason_keeps_the_cause_of_a_multiline_message():
+    """torchvision's download error puts an empty-looking first line before the cause."""
+    err = RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                       "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n"
+                       "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+    reason = data.failure_reason(err)
+    assert "\n" not in reason and reason.startswith("Error downloading train-images")
+    assert reason.endswith("Temporary failure in name resolution>")
+
+
+def test_failure_reason_is_never_empty_and_stays_short():
+    assert data.failure_reason(RuntimeError("")) == "RuntimeError"
+    assert data.failure_reason(OSError(" \n \n")) == "OSError"
+    long = RuntimeError("start " + "x" * 500 + " the cause")
+    reason = data.failure_reason(long, limit=80)
+    assert len(reason) <= 80 and reason.startswith("start") and reason.endswith("the cause")
+    with pytest.raises(ValueError, match="limit"):
+        data.failure_reason(long, limit=5)
+
+
+def test_load_mnist_fallback_line_says_why_a_download_failed(tmp_path, monkeypatch, capsys):
+    """The printed line ends with the cause, not with torchvision's bare 'Error downloading X:'."""
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # a closed loopback port
+    load_mnist(train=False, root=tmp_path, download=True)
+    line = capsys.readouterr().out.strip()
+    reason = line.split("MNIST unavailable (", 1)[1].split("); using", 1)[0]
+    assert not reason.endswith(":"), line
+    assert "Tried http://127.0.0.1:9/" in reason and "refused" in reason.lower(), line

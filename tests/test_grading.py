@@ -95,7 +95,7 @@ def test_student_version_has_stubs_and_no_hidden_tests(graded_class):
         "a stub says what to do when its test cell is run early"
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text
     assert "(depth - 1) * (width * width + width)" not in text, "solution code leaked"
-    assert "for _bad in" not in text, "hidden test leaked"
+    assert "not sorted names" not in text, "hidden test leaked"
 
 
 EXPECTED = {  # student: (exercise 1 of 1 point, exercise 2 of 2 points)
