@@ -17,8 +17,10 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from course_lib.display import get_alt, set_alt
+from course_lib.display import get_alt, install, set_alt
 from course_lib.records import DESCRIPTIONS, LAYER_STATS, STATS, Profile, Trace
+
+install()  # in a notebook, every figure shown carries its alt text (a no-op outside IPython)
 
 _LOG_STATS = ("grad_norm", "signal_norm", "weight_norm", "update_ratio", "act_spread")
 

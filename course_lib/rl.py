@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from course_lib.core import check_float, check_positive_int
+from course_lib.display import progress as progress_bar
 from course_lib.instrument import Recorder
 from course_lib.models import mlp
 from course_lib.records import Trace
@@ -162,8 +162,8 @@ def train_policy(policy: nn.Module, env_id: str = "CartPole-v1", episodes: int =
     start = time.perf_counter()
     first_reset = True
     n_clipped = 0
-    bar = tqdm(range(n_updates), desc=desc or "REINFORCE", disable=not progress, leave=False,
-               unit="update", dynamic_ncols=True)
+    bar = progress_bar(range(n_updates), desc=desc or "REINFORCE", unit="update",
+                       disable=not progress)
     try:
         for update in bar:
             obs_batch, act_batch, adv_batch = [], [], []

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from course_lib.core import check_choice, check_float, check_positive_int
+from course_lib.display import progress as progress_bar
 from course_lib.gradients import norms64
 from course_lib.instrument import Recorder, default_loss, first_nonfinite_output
 from course_lib.layers import layer_parameters, select_layers
@@ -266,8 +266,7 @@ def fit(model: nn.Module, train_loader: Iterable, epochs: int, *, lr: float = 0.
     recorder = Recorder(model, every=record_every) if record else None
     start = time.perf_counter()
     step = 0
-    bar = tqdm(range(epochs), desc=desc or "training", disable=not progress, leave=False,
-               unit="epoch", dynamic_ncols=True)
+    bar = progress_bar(range(epochs), desc=desc or "training", unit="epoch", disable=not progress)
     try:
         for epoch in bar:
             model.train()

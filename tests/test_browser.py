@@ -225,9 +225,6 @@ _RELOAD_CELLS = [
     "for _ in D.progress(range(5), desc='warm-up', unit='step'):\n    time.sleep(0.05)",
     "import course_lib.train as T\nfrom course_lib.data import load_digits, make_loader\n"
     "from course_lib.models import mlp\n\n"
-    "if not hasattr(T, 'progress'):  # LEAD: drop these two lines once fit() uses display.progress\n"
-    "    T.tqdm = lambda it, desc=None, unit='it', disable=False, **_: D.progress(\n"
-    "        it, desc=desc, unit=unit, disable=disable)\n"
     "x, y = load_digits()\n"
     "history = T.fit(mlp(64, 10, depth=2, width=32), make_loader(x[:256], y[:256]), 3, lr=0.05)",
 ]
