@@ -58,7 +58,7 @@ class Block(nn.Module):
     - ``order="post"``: ``x <- LN(a x + g F(x))`` (Vaswani et al. 2017; DeepNorm, Admin);
     - ``order="pre"``: ``x <- a x + g F(LN(x))``;
     - ``order="none"``: ``x <- a x + g F(x)`` (ReZero, with ``g`` a learned scalar that starts
-      at 0).
+      at 0, one per block).
 
     ``skip=False`` drops the ``a x`` term (no residual connection), ``mlp=False`` the
     feed-forward sub-layer: an attention-only block, the setting of Dong et al. (2021).
@@ -68,7 +68,7 @@ class Block(nn.Module):
         ff_width: hidden width of the feed-forward net (default 4 * width).
         residual_scale: ``a`` for both sub-layers (DeepNorm's alpha); :func:`admin_init_` sets a
             value per sub-layer. Kept in the buffer ``residual_scale`` (two entries).
-        rezero: give each sub-layer's branch a learned scalar gain that starts at 0.
+        rezero: multiply both branches by one learned scalar gain that starts at 0.
     """
 
     def __init__(self, width: int, heads: int, ff_width: int | None = None, *,
@@ -99,8 +99,8 @@ class Block(nn.Module):
             if order != "none":
                 self.norm2 = nn.LayerNorm(width)
         self.register_buffer("residual_scale", torch.full((2,), scale))
-        if rezero:
-            self.gain = nn.Parameter(torch.zeros(2))
+        if rezero:  # one gain for both sub-layers, as in ReZero's own Transformer layer
+            self.gain = nn.Parameter(torch.zeros(1))
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The attention branch F_1 (no normalization, no residual)."""
@@ -115,7 +115,7 @@ class Block(nn.Module):
         inner = norm(x) if (self.order == "pre" and norm is not None) else x
         out = branch(inner)
         if self.rezero:
-            out = self.gain[i] * out
+            out = self.gain * out
         if self.skip:
             out = self.residual_scale[i] * x + out
         return norm(out) if (self.order == "post" and norm is not None) else out
@@ -199,9 +199,9 @@ def transformer(vocab: int, depth: int, width: int = 64, heads: int = 4,
         fix: ``None``; ``"deepnet"``: Post-LN with DeepNorm (Wang et al. 2022, encoder-only
             values): residual scale ``(2L)^(1/4)`` and the value, output and feed-forward
             weights drawn Xavier-normal with gain ``(8L)^(-1/4)``, query and key weights with
-            gain 1; ``"rezero"``: no LayerNorm, each branch times a learned gain that starts at 0
-            (Bachlechner et al. 2020); ``"admin"``: Post-LN whose residual scales
-            :func:`admin_init_` sets from one batch (Liu et al. 2020).
+            gain 1; ``"rezero"``: no LayerNorm, each branch times a learned gain that starts at
+            0 (Bachlechner et al. 2020; one gain per block); ``"admin"``: Post-LN whose residual
+            scales :func:`admin_init_` sets from one batch (Liu et al. 2020).
 
     Raises:
         ValueError: a bad argument, with the valid choices; a fix with an order it does not use.
