@@ -1,4 +1,5 @@
-"""Data sets for the course: MNIST with an offline fallback, the 8x8 digits, the adding problem.
+"""Data sets for the course: MNIST with an offline fallback, the 8x8 digits, the adding problem,
+token tasks for small Transformers (copy, reverse, sort).
 
 Every loader returns a :class:`Dataset` that unpacks like a tuple (``x, y = load_digits()``) and
 also says which data it holds (``.name``) and why (``.note``).
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from course_lib.core import check_positive_int
+from course_lib.core import check_choice, check_positive_int
 
 #: Environment variable that sets where MNIST is cached (default: ``~/.cache/vanishing-gradients``).
 DATA_DIR_ENV = "COURSE_DATA_DIR"
@@ -199,3 +200,39 @@ def make_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int = 64, shuffle:
             if shuffle else SequentialSampler(dataset))
     sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
     return DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+#: The token tasks :func:`sequence_task` generates.
+SEQUENCE_TASKS: tuple[str, ...] = ("copy", "reverse", "sort")
+
+
+def sequence_task(n: int, seq_len: int, vocab: int = 10, task: str = "reverse",
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A synthetic sequence-to-sequence task on random tokens, for small Transformers.
+
+    Each of the ``n`` inputs is ``seq_len`` tokens drawn uniformly from ``0 .. vocab - 1``; the
+    target has one token per position:
+
+    - ``copy``: the input itself (a model with a residual path can learn it without attention);
+    - ``reverse``: the input read backwards, ``y[:, i] = x[:, seq_len - 1 - i]`` (every output
+      needs the token at another position: attention has to do the work);
+    - ``sort``: the input's tokens in ascending order (every output depends on all inputs).
+
+    Guessing a random token gives a cross-entropy of ``log(vocab)`` (2.30 for 10 tokens): the
+    baseline a model must beat. Drawn from its own generator: the global random state is untouched.
+
+    Returns inputs (n, seq_len) and targets (n, seq_len), both int64.
+    """
+    n = check_positive_int("n", n)
+    seq_len = check_positive_int("seq_len", seq_len, minimum=2)
+    vocab = check_positive_int("vocab", vocab, minimum=2)
+    check_choice("task", task, SEQUENCE_TASKS)
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randint(0, vocab, (n, seq_len), generator=gen)
+    if task == "copy":
+        y = x.clone()
+    elif task == "reverse":
+        y = x.flip(1)
+    else:
+        y = x.sort(dim=1).values
+    return x, y

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from course_lib import data
-from course_lib.data import adding_problem, load_digits, load_mnist, make_loader
+from course_lib.data import adding_problem, load_digits, load_mnist, make_loader, sequence_task
 
 
 def write_idx_mnist(root, n_train=20, n_test=10):
@@ -175,3 +175,25 @@ def test_load_mnist_fallback_line_says_why_a_download_failed(tmp_path, monkeypat
     reason = line.split("MNIST unavailable (", 1)[1].split("); using", 1)[0]
     assert not reason.endswith(":"), line
     assert "Tried http://127.0.0.1:9/" in reason and "refused" in reason.lower(), line
+
+
+def test_sequence_task_targets_copy_reverse_and_sort_the_input():
+    x, y = sequence_task(50, 6, vocab=7, task="copy", seed=3)
+    assert x.shape == y.shape == (50, 6) and x.dtype == torch.int64
+    assert torch.equal(x, y) and int(x.min()) >= 0 and int(x.max()) <= 6
+    xr, yr = sequence_task(50, 6, vocab=7, task="reverse", seed=3)
+    assert torch.equal(xr, x), "the same seed draws the same inputs whatever the task"
+    assert torch.equal(yr[:, 0], x[:, 5]) and torch.equal(yr[:, 5], x[:, 0])
+    _, ys = sequence_task(50, 6, vocab=7, task="sort", seed=3)
+    assert bool((ys[:, 1:] >= ys[:, :-1]).all())
+    assert torch.equal(ys.sort(1).values, x.sort(1).values)
+    assert not torch.equal(sequence_task(50, 6, seed=4)[0], sequence_task(50, 6, seed=5)[0])
+
+
+def test_sequence_task_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="valid: 'copy', 'reverse', 'sort'"):
+        sequence_task(4, 5, task="shuffle")
+    with pytest.raises(ValueError, match="seq_len must be an integer >= 2"):
+        sequence_task(4, 1)
+    with pytest.raises(ValueError, match="vocab must be an integer >= 2"):
+        sequence_task(4, 5, vocab=1)
