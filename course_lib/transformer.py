@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from course_lib.core import check_bool, check_choice, check_float, check_positive_int
+from course_lib.gradients import geometric_fit
 from course_lib.hooks import Hooks
 from course_lib.records import Profile
 
@@ -515,4 +516,5 @@ def power_law_exponent(sizes: Sequence[float], values: Sequence[float]) -> float
         raise ValueError("sizes and values must be positive and finite")
     if len(set(s.tolist())) < 2:
         raise ValueError("need at least two different sizes")
-    return float(np.polyfit(np.log(s), np.log(v), 1)[0])
+    rate, _ = geometric_fit(v, np.log(s))  # value ~ scale * rate ** log(size) = scale * size^k
+    return math.log(rate)
