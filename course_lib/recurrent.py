@@ -292,7 +292,7 @@ def _written_out(model: SequenceModel, x: torch.Tensor
             h = (1 - z) * values[2] + z * h
         else:
             values = ()
-            h = torch.tanh(gx + gh)
+            h = torch.relu(gx + gh) if rnn.nonlinearity == "relu" else torch.tanh(gx + gh)
         for name, v in zip(gates, values):
             gates[name].append(v)
         hs.append(h)

@@ -156,3 +156,11 @@ def test_state_grad_norms_match_hidden_grad_norms_and_the_cell_path():
     expected = (g_h * gates["output"][-1] * (1 - tanh_c ** 2)).norm()
     assert float(norms["c"][-1]) == pytest.approx(float(expected), rel=1e-4)
     assert set(state_grad_norms(SequenceModel("gru", 2, 6), x, y)) == {"h"}
+
+
+def test_state_grad_norms_follow_the_layer_for_a_relu_rnn():
+    torch.manual_seed(2)
+    model = SequenceModel("rnn", 2, 6)
+    model.rnn = torch.nn.RNN(2, 6, nonlinearity="relu", batch_first=True)
+    x, y = torch.randn(4, 7, 2), torch.randn(4, 1)
+    assert torch.allclose(state_grad_norms(model, x, y)["h"].float(), hidden_grad_norms(model, x, y), rtol=1e-5)
