@@ -4,17 +4,23 @@ Layers are named ``conv1`` ... ``convN`` (with ``norm1``..., ``act1``...) in pla
 ``conv1``, ``block2`` ... ``blockN`` (each ``block.conv``, ``block.norm``, ``block.act``) in residual
 nets, followed by ``pool`` (global average pooling), ``flatten`` and ``out`` (the classifier), so
 that :mod:`course_lib.instrument` and :mod:`course_lib.plots` label them the way the lessons do.
+
+:func:`stream_grad_norms` measures what the per-layer tools cannot see in a residual net: the
+gradient on the residual stream itself, between the blocks.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from course_lib.core import check_bool, check_choice, check_float, check_positive_int
 from course_lib.models import ACTIVATIONS, check_init, init_, make_activation
+from course_lib.records import Profile
 
 #: Normalization names for :func:`cnn` (``None``: no normalization layer).
 CONV_NORMS: tuple[str | None, ...] = (None, "batch")
@@ -107,3 +113,43 @@ def cnn(in_channels: int, num_classes: int, depth: int, channels: int, norm: str
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             init_(module, init, activation=activation, std=std)
     return model
+
+
+def stream_grad_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor,
+                      loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                      ) -> Profile:
+    """``||dL/dh||`` on the residual stream of a residual :func:`cnn`, from one forward and
+    backward pass: at the input of the first :class:`ConvResidualBlock` (``"stem"``) and at the
+    output of every block (``"block2"`` ... ), input to output.
+
+    The per-layer tools measure ``dL/dW`` and the gradient at each conv's output, which in a
+    residual net sits inside the branch; this is the gradient the skip path carries. The ratio of
+    two neighbouring entries is the block's gain going down, ``||dL/dh_{l-1}|| / ||dL/dh_l||``
+    (a max-pool between two blocks passes each output's gradient to one input and keeps the norm).
+    The model runs in its current mode; BatchNorm running statistics and parameter gradients are
+    left as they were. ``loss_fn`` defaults to cross-entropy.
+
+    Raises:
+        ValueError: not an ``nn.Sequential`` with at least one :class:`ConvResidualBlock`.
+    """
+    if not isinstance(model, nn.Sequential) or not any(
+            isinstance(m, ConvResidualBlock) for m in model.children()):
+        raise ValueError("model must be a residual cnn(..., residual=True): an nn.Sequential "
+                         "with ConvResidualBlock children")
+    loss_fn = loss_fn or F.cross_entropy
+    buffers = {k: v.clone() for k, v in model.state_dict().items()
+               if "running_" in k or "num_batches_tracked" in k}
+    names, stream = [], []
+    h = x
+    for name, layer in model.named_children():
+        if isinstance(layer, ConvResidualBlock) and not names:
+            names.append("stem")
+            stream.append(h)
+        h = layer(h)
+        if isinstance(layer, ConvResidualBlock):
+            names.append(name)
+            stream.append(h)
+    grads = torch.autograd.grad(loss_fn(h, y), stream)
+    model.load_state_dict(buffers, strict=False)
+    norms = [float(torch.linalg.vector_norm(g, dtype=torch.float64)) for g in grads]
+    return Profile(zip(names, norms), "stream gradient ||dL/dh||")

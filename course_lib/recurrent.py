@@ -8,7 +8,9 @@ fixed recurrent matrix ``W`` the gradient reaching step t therefore grows or shr
   a bare recurrence ``h_t = f(W h_{t-1} + x_t)`` with a chosen radius; :func:`recurrent_data`,
   the recurrent explorer's numbers.
 - :class:`SequenceModel`: a one-layer tanh RNN, LSTM or GRU read out by a linear head at the last step.
-- :func:`hidden_grad_norms`: ``||dL/dh_t||`` for every time step ``t`` of a SequenceModel.
+- :func:`hidden_grad_norms`: ``||dL/dh_t||`` for every time step ``t`` of a SequenceModel;
+  :func:`state_grad_norms` adds ``||dL/dc_t||``, the LSTM's cell state.
+- :func:`gate_values`: the gates of a trained LSTM or GRU at every step.
 
 The per-step factor of such a series is :func:`course_lib.gradients.per_step_factor`.
 """
@@ -251,3 +253,97 @@ def recurrent_data(seq_len: int = 50, radius: float = 0.9, activation: str = "ta
                        hidden_size=hidden_size, weights=weights, seed=seed,
                        batch_size=batch_size, input_scale=input_scale),
     }
+
+
+# -- gates and the cell state ---------------------------------------------------------------------
+#: The gates :func:`gate_values` returns for each gated cell, in PyTorch's order.
+GATES: dict[str, tuple[str, ...]] = {"lstm": ("input", "forget", "candidate", "output"),
+                                     "gru": ("reset", "update", "candidate")}
+
+
+def _written_out(model: SequenceModel, x: torch.Tensor
+                 ) -> tuple[dict[str, list[torch.Tensor]], list[torch.Tensor],
+                            list[torch.Tensor], torch.Tensor]:
+    """Unroll ``model`` with its update equations written out (PyTorch's gate order), so that
+    every gate, every ``h_t`` and every LSTM cell state ``c_t`` is a node of the graph (the fused
+    ``nn.LSTM`` hands out ``h_t`` and ``c_t`` side by side, so the ``c_t`` it returns never sees
+    the gradient that comes through ``h_t = o_t * tanh(c_t)``). Returns the gates per step, the
+    hidden states and cell states (each (n, H); no cell states for a GRU or RNN) and the
+    read-out of the last step."""
+    rnn, cell = model.rnn, model.cell
+    h = x.new_zeros(x.shape[0], model.hidden_size)
+    c = torch.zeros_like(h)
+    gates: dict[str, list[torch.Tensor]] = {name: [] for name in GATES.get(cell, ())}
+    hs, cs = [], []
+    for t in range(x.shape[1]):
+        gx = x[:, t] @ rnn.weight_ih_l0.T + rnn.bias_ih_l0
+        gh = h @ rnn.weight_hh_l0.T + rnn.bias_hh_l0
+        if cell == "lstm":
+            i, f, g, o = (gx + gh).chunk(4, dim=-1)
+            values = (torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o))
+            c = values[1] * c + values[0] * values[2]
+            h = values[3] * torch.tanh(c)
+            cs.append(c)
+        elif cell == "gru":
+            xr, xz, xn = gx.chunk(3, dim=-1)
+            hr, hz, hn = gh.chunk(3, dim=-1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            values = (r, z, torch.tanh(xn + r * hn))
+            h = (1 - z) * values[2] + z * h
+        else:
+            values = ()
+            h = torch.relu(gx + gh) if rnn.nonlinearity == "relu" else torch.tanh(gx + gh)
+        for name, v in zip(gates, values):
+            gates[name].append(v)
+        hs.append(h)
+    return gates, hs, cs, model.head(h)
+
+
+def gate_values(model: SequenceModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The gates of a gated :class:`SequenceModel` at every step on ``x``, each of shape
+    (T, n, H), computed from the layer's weights (no gradient).
+
+    LSTM: ``input`` i, ``forget`` f, ``candidate`` g (tanh) and ``output`` o, with
+    ``c_t = f * c_{t-1} + i * g`` and ``h_t = o * tanh(c_t)``. GRU: ``reset`` r, ``update`` z and
+    ``candidate`` n = tanh(W_n x_t + b_in + r * (U_n h_{t-1} + b_hn)), with
+    ``h_t = (1 - z) * n + z * h_{t-1}`` (PyTorch's conventions).
+
+    Raises:
+        ValueError: not a SequenceModel, a cell without gates (valid: 'lstm', 'gru'), or a bad
+            input shape.
+    """
+    if not isinstance(model, SequenceModel):
+        raise ValueError(f"model must be a SequenceModel, got {type(model).__name__}")
+    check_choice("cell with gates", model.cell, tuple(GATES))
+    _check_input(model, x)
+    with torch.no_grad():
+        gates, _, _, _ = _written_out(model, x)
+    return {name: torch.stack(values) for name, values in gates.items()}
+
+
+def state_grad_norms(model: SequenceModel, x: torch.Tensor, y: torch.Tensor,
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """``||dL/dh_t||`` and, for an LSTM, ``||dL/dc_t||`` of its cell state, for t = 1..T, from
+    one backward pass: ``{"h": (T,), "c": (T,)}`` (``"c"`` for an LSTM only), float64 norms.
+
+    Both are *total* gradients (everything the loss at the last step sends back to that step):
+    ``dL/dc_t`` includes the part that comes through ``h_t = o_t * tanh(c_t)``, so the layer is
+    unrolled with its equations written out. No parameter gradient is left behind. ``loss_fn``
+    defaults to mean squared error.
+
+    Raises:
+        ValueError: not a SequenceModel, or a bad input shape.
+    """
+    if not isinstance(model, SequenceModel):
+        raise ValueError(f"model must be a SequenceModel, got {type(model).__name__}")
+    _check_input(model, x)
+    loss_fn = loss_fn or F.mse_loss
+    _, hs, cs, out = _written_out(model, x)
+    grads = torch.autograd.grad(loss_fn(out, y), hs + cs)
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])
+    norms = norms.detach().cpu()
+    result = {"h": norms[:len(hs)]}
+    if cs:
+        result["c"] = norms[len(hs):]
+    return result

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.convnets import ConvResidualBlock, cnn
+from course_lib.convnets import ConvResidualBlock, cnn, stream_grad_norms
 from course_lib.models import fan_in_out, init_
 from course_lib.instrument import gradient_norms
 
@@ -84,3 +84,28 @@ def test_bad_residual_scale(bad):
         cnn(1, 10, 3, 4, residual=True, residual_scale=bad)
     with pytest.raises(ValueError, match="residual_scale"):
         ConvResidualBlock(4, "relu", None, residual_scale=bad)
+
+
+def test_stream_gradient_of_a_residual_cnn_matches_autograd_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    m = cnn(1, 10, 5, 4, norm="batch", residual=True, downsample=(1, 3), residual_scale=0.5)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    g = stream_grad_norms(m, x, y)
+    assert g.layers == ["stem", "block2", "block3", "block4", "block5"]
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items()), "BN statistics moved"
+    assert all(p.grad is None for p in m.parameters())
+    # the last block's output feeds the head: pool, flatten, out
+    h = m[:-3](x).detach().requires_grad_()
+    torch.nn.functional.cross_entropy(m[-3:](h), y).backward()
+    assert g["block5"] == pytest.approx(float(h.grad.norm()), rel=1e-5)
+    # a zero branch makes the block the identity: the gradient passes unchanged (pool3 keeps the norm)
+    for block in (m.block4, m.block5):
+        block.residual_scale = 0.0
+    g0 = stream_grad_norms(m, x, y)
+    assert g0["block3"] == pytest.approx(g0["block5"], rel=1e-5)
+
+
+def test_stream_gradient_needs_a_residual_cnn():
+    with pytest.raises(ValueError, match="residual"):
+        stream_grad_norms(cnn(1, 10, 3, 4), torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from course_lib.gradients import per_step_factor
-from course_lib.recurrent import (CELLS, SequenceModel, forget_gate_bias, hidden_grad_norms,
+from course_lib.recurrent import (CELLS, GATES, SequenceModel, forget_gate_bias, gate_values,
+                                  hidden_grad_norms, state_grad_norms,
                                   hidden_states, random_recurrent_matrix, recurrent_data,
                                   spectral_radius, unrolled_rnn_grad_norms)
 
@@ -110,3 +111,56 @@ def test_recurrent_data_follows_the_radius_in_a_linear_rnn():
     assert d["first_over_last"] == pytest.approx(1.2 ** 29, rel=1e-6)
     assert d["grad_norm"][0] == pytest.approx(d["reference"][0], rel=1e-6)
     assert d["params"]["hidden_size"] == 64 and len(d["t"]) == 30
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gate_values_rebuild_the_layers_hidden_states(cell):
+    torch.manual_seed(0)
+    model = SequenceModel(cell, 2, 5)
+    x = torch.randn(3, 7, 2)
+    gates = gate_values(model, x)
+    assert list(gates) == list(GATES[cell]) and all(g.shape == (7, 3, 5) for g in gates.values())
+    hs, _ = hidden_states(model, x)
+    h, c = torch.zeros(3, 5), torch.zeros(3, 5)
+    for t in range(7):                       # the documented update equations, from the gates
+        if cell == "lstm":
+            c = gates["forget"][t] * c + gates["input"][t] * gates["candidate"][t]
+            h = gates["output"][t] * torch.tanh(c)
+        else:
+            h = (1 - gates["update"][t]) * gates["candidate"][t] + gates["update"][t] * h
+        assert torch.allclose(h, hs[t][0], atol=1e-6), f"step {t}"
+
+
+def test_gate_values_follow_the_forget_bias_and_refuse_a_plain_rnn():
+    x = torch.rand(16, 10, 2)
+    biased = gate_values(SequenceModel("lstm", 2, 8, forget_bias=3.0), x)["forget"]
+    assert float(biased.min()) > 0.8, "sigma(3) = 0.95, give or take the small weights"
+    with pytest.raises(ValueError, match="valid: 'lstm', 'gru'"):
+        gate_values(SequenceModel("rnn", 2, 8), x)
+
+
+def test_state_grad_norms_match_hidden_grad_norms_and_the_cell_path():
+    torch.manual_seed(1)
+    model = SequenceModel("lstm", 2, 6)
+    x, y = torch.randn(4, 9, 2), torch.randn(4, 1)
+    norms = state_grad_norms(model, x, y)
+    assert set(norms) == {"h", "c"} and norms["c"].shape == (9,) and norms["h"].dtype == torch.float64
+    assert torch.allclose(norms["h"].float(), hidden_grad_norms(model, x, y), rtol=1e-5)
+    assert all(p.grad is None for p in model.parameters())
+    # the cell path: dL/dc_t = dL/dc_{t+1} * f_{t+1} + dL/dh_t * o_t * tanh'(c_t), so at the last
+    # step ||dL/dc_T|| = ||dL/dh_T * o_T * (1 - tanh(c_T)^2)||
+    gates = gate_values(model, x)
+    hs, out = hidden_states(model, x)
+    g_h = torch.autograd.grad(torch.nn.functional.mse_loss(out, y), hs[-1])[0][0]
+    tanh_c = hs[-1][0].detach() / gates["output"][-1]
+    expected = (g_h * gates["output"][-1] * (1 - tanh_c ** 2)).norm()
+    assert float(norms["c"][-1]) == pytest.approx(float(expected), rel=1e-4)
+    assert set(state_grad_norms(SequenceModel("gru", 2, 6), x, y)) == {"h"}
+
+
+def test_state_grad_norms_follow_the_layer_for_a_relu_rnn():
+    torch.manual_seed(2)
+    model = SequenceModel("rnn", 2, 6)
+    model.rnn = torch.nn.RNN(2, 6, nonlinearity="relu", batch_first=True)
+    x, y = torch.randn(4, 7, 2), torch.randn(4, 1)
+    assert torch.allclose(state_grad_norms(model, x, y)["h"].float(), hidden_grad_norms(model, x, y), rtol=1e-5)
