@@ -111,7 +111,7 @@ class Profile(Mapping[str, float]):
     def first_over_last(self) -> float:
         """The first (input-side) layer's value over the last (output) layer's.
 
-        Lesson 14 shows why this one number can mislead for weight gradients: read it next to
+        Lesson 15 shows why this one number can mislead for weight gradients: read it next to
         :meth:`factor` and the signal ``||dL/dh||``."""
         if len(self) < 2:
             raise ValueError(f"a first/last ratio needs at least two layers, got {self.layers}")

@@ -86,7 +86,7 @@ def test_grade_ids_are_unique_and_well_formed(path):
 
 #: The course's parts (DEVELOPERS.md): lesson numbers of each.
 PARTS = {"the problem": range(1, 2), "causes": range(2, 6), "solutions": range(6, 11),
-         "case studies": range(11, 15)}
+         "case studies": range(11, 15), "capstone": range(15, 16)}
 
 
 @pytest.mark.parametrize("part", PARTS)
