@@ -70,14 +70,16 @@ def activation_stats(outputs: Sequence[torch.Tensor], kind: str) -> torch.Tensor
 
     Variances are computed by two passes (each unit's mean, then the squared deviations from
     it): the signal spread of a deep sigmoid net is 1e-8 next to a mean of 0.5, which a one-pass
-    formula (E[x^2] - E[x]^2) would lose to cancellation. Outputs with fewer than two examples
-    have NaN spread.
+    formula (E[x^2] - E[x]^2) would lose to cancellation. float64 outputs are computed in float64
+    (a spread of 1e-9 next to 0.5 is below float32's resolution of about 6e-8 there); other
+    dtypes in float32. Outputs with fewer than two examples have NaN spread.
     """
     if not outputs:
         raise ValueError("outputs is empty")
     x = torch.stack([o.detach() for o in outputs])  # (G, N, ...)
     g, n = x.shape[0], (x.shape[1] if x.ndim > 1 else 1)
-    d = x.reshape(g, n, -1).float()  # (G, N, P): P positions (units x spatial)
+    d = x.reshape(g, n, -1)  # (G, N, P): P positions (units x spatial)
+    d = d if d.dtype == torch.float64 else d.float()  # float64 outputs keep their precision
     unit_mean = d.mean(dim=1, keepdim=True)
     dev = d - unit_mean
     within = (dev * dev).sum(dim=1)  # (G, P): squared deviations across the batch

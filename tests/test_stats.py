@@ -47,3 +47,13 @@ def test_grouped_norms_sum_squares_per_group_and_mark_empty_groups():
     assert torch.equal(grouped_norms(norms, None, 3), norms)
     with pytest.raises(ValueError, match="empty"):
         activation_stats([], "relu")
+
+
+def test_spread_of_float64_outputs_keeps_float64_precision():
+    """A spread of 1e-10 around 0.5 (a deep sigmoid net run in float64) is below float32's
+    resolution there (about 6e-8): it must be measured in float64, not rounded away."""
+    torch.manual_seed(0)
+    tiny = 0.5 + 1e-10 * torch.randn(256, 64, dtype=torch.float64)
+    spread = activation_stats([tiny], "sigmoid")[0, 2].item()
+    assert spread == pytest.approx(tiny.var(dim=0).mean().sqrt().item(), rel=1e-6)
+    assert 0.5e-10 < spread < 2e-10
