@@ -17,6 +17,7 @@ imported lazily so that ``import course_lib`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from course_lib.core import get_device, seed_everything
@@ -35,6 +36,20 @@ def diagnose(model: Any, x: Any, y: Any = None, loss_fn: Any = None) -> Any:
     from course_lib.diagnosis import diagnose as _diagnose
 
     return _diagnose(model, x, y, loss_fn=loss_fn)
+
+
+def _install_display() -> None:
+    """Inside an IPython kernel, make every figure shown carry its alt text
+    (:func:`course_lib.display.install`), however a lesson draws it; elsewhere do nothing and
+    import nothing more."""
+    ipython = sys.modules.get("IPython")
+    if ipython is not None and ipython.get_ipython() is not None:
+        from course_lib.display import install
+
+        install()
+
+
+_install_display()
 
 
 def __getattr__(name: str) -> Any:

@@ -31,11 +31,6 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob(C.LESSON_PATTERN))
 IDS = [p.stem for p in NOTEBOOKS]
 
 
-# LEAD: the lessons get the cell when you run `python tools/colab_cell.py --apply notebooks/` and
-# re-execute them. Until then this test is an expected failure; strict=True makes it fail as soon
-# as it passes, so that this mark is removed then.
-@pytest.mark.xfail(strict=True, reason="lessons do not hold the Colab set-up cell until the lead "
-                                       "runs tools/colab_cell.py --apply notebooks/")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_every_lesson_holds_exactly_the_canonical_setup_cell(path):
     assert C.problems(nbformat.read(path, as_version=4)) == []

@@ -207,3 +207,24 @@ def test_in_a_kernel_progress_and_figures_leave_text_and_images_with_alt(tmp_pat
     page, _ = HTMLExporter().from_notebook_node(nb)
     alts = _img_alts(page)
     assert "Two points" in alts and plot.metadata["image/png"]["alt"] in alts, alts
+
+
+def test_importing_course_lib_in_a_kernel_installs_the_alt_text_printer(shell):
+    """A lesson that never imports course_lib.plots still stores alt text with its figures."""
+    import course_lib
+
+    shell.display_formatter.mimebundle_formatter.pop(plt.Figure, None)
+    course_lib._install_display()  # what `import course_lib` does when a kernel is running
+    fig, ax = plt.subplots()
+    ax.set_title("Loss")
+    data, md = shell.display_formatter.format(fig)
+    assert md["image/png"]["alt"].startswith("Plot: Loss")
+
+
+def test_outside_a_kernel_importing_course_lib_imports_no_display_code():
+    import subprocess
+    import sys
+
+    code = "import sys, course_lib; print('course_lib.display' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", "import course_lib must stay cheap outside a kernel"

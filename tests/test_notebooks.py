@@ -43,10 +43,11 @@ def test_lesson_ends_with_takeaways_and_references(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_first_code_cell_is_the_papermill_parameters_cell(path):
+def test_the_colab_setup_cell_then_the_papermill_parameters_cell_come_first(path):
     code = [c for c in load(path).cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: no 'parameters' cell"
-    assert "SEED" in code[0].source
+    assert "colab-setup" in code[0].metadata.get("tags", []), f"{path.name}: no Colab set-up cell first"
+    assert "parameters" in code[1].metadata.get("tags", []), f"{path.name}: no 'parameters' cell next"
+    assert "SEED" in code[1].source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
