@@ -173,7 +173,7 @@ def test_postbuild_in_a_fresh_venv_builds_the_student_version(tmp_path):
         text = (repo / "student" / f"{name}.ipynb").read_text()
         assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text, name
     nb = nbformat.read(repo / "student" / f"{LESSONS[1]}.ipynb", as_version=4)
-    assert any("raise NotImplementedError()" in c.source for c in nb.cells), "no exercise stubs"
+    assert any("raise NotImplementedError(" in c.source for c in nb.cells), "no exercise stubs"
     where = subprocess.run([str(python), "-c", "import course_lib; print(course_lib.__file__)"],
                            env=env, cwd=tmp_path, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(repo), f"course_lib is not installed from the repository: {where}"

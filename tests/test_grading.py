@@ -69,8 +69,8 @@ def graded_class(tmp_path_factory):
             "    v = list(norms.values())\n    return v[-1] / v[0]\n")   # exercise 2 wrong
     _submit(released, subs, "carol", sol1="raise RuntimeError('crash')\n")  # crashing cell
     _submit(released, subs, "ivan", sol2="def first_over_last(norms):\n"     # fails a hidden test only
-            "    if not norms:\n        raise ValueError('empty')\n"
-            "    values = list(norms.values())\n    return values[0] / values[-1]\n")
+            "    if len(norms) < 2:\n        raise ValueError('two layers needed')\n"
+            "    values = [norms[k] for k in sorted(norms)]\n    return values[0] / values[-1]\n")
     _submit(released, subs, "erin", sol1="def mlp_parameter_count(*args):\n    return 0\n",
             sol2="def first_over_last(norms):\n    return 0.0\n", edit=_tamper)  # tampered tests
     (subs / "frank" / LESSON).mkdir(parents=True)
@@ -142,10 +142,10 @@ def test_feedback_for_everyone_without_hidden_tests(graded_class):
 def test_a_failing_hidden_test_shows_its_message_and_points_not_its_code(graded_class):
     page = (graded_class["course"] / "feedback" / "ivan" / LESSON / f"{LESSON}.html").read_text()
     text = re.sub(r"<[^>]+>", "", page).replace("&#39;", "'").replace("&quot;", '"')
-    assert "should raise ValueError" in text, "the hidden test's assertion message"
+    assert "use the dict's order, not sorted names" in text, "the hidden test's assertion message"
     assert "in a hidden test (its code is not shown)" in text
     assert "This part scored 0 of 2 points." in text
-    for hidden in ("for _bad in", "BEGIN HIDDEN TESTS", 'first_over_last({"a": 2.0, "b": 8.0})'):
+    for hidden in ("BEGIN HIDDEN TESTS", 'first_over_last({"a": 2.0, "b": 8.0})', "_Profile({"):
         assert hidden not in text and hidden not in page, hidden
 
 

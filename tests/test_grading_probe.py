@@ -157,16 +157,16 @@ def test_reference_guards_cover_the_course_names_each_test_uses():
     exec("count_parameters = lambda model: 0", namespace)
     with pytest.raises(AssertionError, match="'count_parameters' is no longer the course's own"):
         exec(guard, namespace)
+    import course_lib.models
+
+    original = course_lib.models.count_parameters
     exec("import course_lib.models as m; m.count_parameters = lambda model: 0; "
          "from course_lib.models import count_parameters", namespace)
     try:
         with pytest.raises(AssertionError, match="no longer the course's own"):
             exec(guard, namespace)  # patched in the module itself
-    finally:
-        import importlib
-
-        import course_lib.models
-        importlib.reload(course_lib.models)
+    finally:  # put the function back (a reload would make new classes and break isinstance)
+        course_lib.models.count_parameters = original
 
 
 def test_hidden_failure_shows_message_and_points_not_code():
