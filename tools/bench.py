@@ -89,7 +89,7 @@ def bare_loop(model, loader, epochs: int, lr: float = 0.01) -> None:
             opt.step()
 
 
-def training_overhead(repeats: int = 7, epochs: int = 3) -> dict:
+def training_overhead(repeats: int = 11, epochs: int = 10) -> dict:
     """Time per run of ``fit(record=False)`` and ``fit(record=True)`` (default interval) against
     a bare PyTorch loop: the same model (a 10-layer width-128 ReLU MLP), data (8x8 digits),
     batches (64, same shuffling) and optimizer (SGD, momentum 0.9), one thread, interleaved in a
