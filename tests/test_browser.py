@@ -290,7 +290,11 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
     nbformat.write(nb, root_dir / name)
     settings = tmp_path / "app-settings" / "overrides.d"   # what `make lab` installs
     settings.mkdir(parents=True)
-    (settings / "course.json").write_text((ROOT / "binder" / "overrides.json").read_text())
+    overrides = json.loads((ROOT / "binder" / "overrides.json").read_text())
+    # No autosave: a save that starts while the test reads the file back can make the server
+    # restore its backup (jupyter_server's atomic write) and lose the save.
+    overrides["@jupyterlab/docmanager-extension:plugin"] = {"autosave": False}
+    (settings / "course.json").write_text(json.dumps(overrides))
     env = _environment(tmp_path / "home")
     token, port = secrets.token_hex(16), J.free_port()
     base = f"http://127.0.0.1:{port}"
@@ -346,6 +350,12 @@ def test_saved_notebook_reopens_with_last_plot_alt_text_and_no_widget_errors(tmp
                 # Save, shut the kernel down, reload: JupyterLab starts a new kernel.
                 page.locator(".jp-Notebook").first.click()
                 page.keyboard.press("Control+s")
+                # Read the file only once JupyterLab says the save is done (the tab is no longer
+                # dirty): a read during the write sees half a file, and the server then restores
+                # its backup over the save.
+                page.wait_for_function(
+                    "() => document.querySelector('.lm-TabBar-tab.jp-mod-dirty') === null",
+                    timeout=UPDATE_S * 1000)
                 saved = _wait_saved(base, token, name)
                 views = [o for c in saved["cells"] for o in c.get("outputs", [])
                          if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
