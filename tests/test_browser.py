@@ -263,6 +263,15 @@ def _check_reopened(page, last_plot: str, what: str) -> None:
     while _png_digest(img) != last_plot and time.monotonic() < deadline:
         time.sleep(0.25)
     assert _png_digest(img) == last_plot, f"{what}: the explorer does not show its last plot"
+    # JupyterLab renders the cells below the explorer a moment later (much later on a loaded
+    # machine): wait for the last cell's output before reading them all.
+    try:
+        page.wait_for_function(
+            "alt => document.body.innerText.includes('training: 3/3 epoch')"
+            " && document.querySelector(`.jp-OutputArea-output img[alt=\"${alt}\"]`) !== null",
+            arg=FIGURE_ALT, timeout=UPDATE_S * 1000)
+    except Exception:  # playwright's TimeoutError: the asserts below say what is missing
+        pass
     errors = [t for t in page.locator(".jp-OutputArea-output").all_inner_texts()
               if "Error displaying widget" in t or "model not found" in t]
     assert errors == [], f"{what}: {errors}"
