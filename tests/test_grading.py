@@ -336,7 +336,9 @@ def test_one_students_feedback_failure_is_reported_and_the_others_get_theirs(res
     course = tmp_path / "course"
     shutil.copytree(resumed["course"], course)
     shutil.rmtree(course / "feedback", ignore_errors=True)
-    (course / "autograded" / "ann" / PROBE / f"{PROBE}.ipynb").write_text("not a notebook")  # first in line
+    broken = course / "autograded" / "ann" / PROBE / f"{PROBE}.ipynb"   # first in line
+    broken.unlink()   # autograded notebooks are stored read-only: only root could write over one
+    broken.write_text("not a notebook")
     report = grading.generate_feedback(course)
     assert list(report.failed) == [f"ann/{PROBE}"]
     assert [p.parent.parent.name for p in report.pages] == ["ben"], "the student after the failure"
